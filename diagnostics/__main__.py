@@ -1,0 +1,6 @@
+"""`python -m diagnostics ...` is the `diagnose` command."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,136 @@
+"""The `diagnose` command: a thin face over the runner.
+
+Exit codes: 0 nothing reached --fail-on; 1 a check reached it; 2 bad usage or a target that cannot
+be loaded (one line on stderr, no traceback unless --debug); 130 interrupted (partial reports kept).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from typing import Any, Sequence
+
+from .errors import UsageError
+from .options import OPTION_DEFS, RunOptions, pyproject_defaults
+
+EPILOG = textwrap.dedent("""\
+    targets:
+      demo                         built-in demo: random-weight torchvision resnet18, 2x3x224x224
+      path/to/file.py:factory      a factory returning an nn.Module, (module, example_inputs) or a Target
+      package.module:factory       the same, from an importable module
+      torchvision:NAME             a torchvision model with random weights (?weights=DEFAULT for real ones)
+      model.pt / model.ts          a TorchScript archive;  model.pt2: a torch.export program
+      model.pt (full pickle)       only with --trust-pickle (loading a pickle runs code from the file)
+
+    examples:
+      diagnose demo
+      diagnose my_model.py:make_model --input-shape 1,3,224,224 --checks determinism,eval_mode
+      diagnose torchvision:mobilenet_v3_small --skip onnx -o determinism.repeats=3 --fail-on warn
+      diagnose --list-checks
+
+    exit codes: 0 ok, 1 a check failed (or reached --fail-on), 2 bad usage or target, 130 interrupted.
+    Defaults can be set in [tool.diagnose] of the nearest pyproject.toml.
+""")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line, exit 2, like every other usage error
+        self.exit(2, f"diagnose: error: {message} (see diagnose --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="diagnose",
+        description="Validate a PyTorch inference model: determinism, eval mode, precision, export equivalence, "
+        "preprocessing skew, memory and sync. Each finding names the culprit and what to do.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("spec", nargs="?", help="the target to diagnose (see targets below)")
+    parser.add_argument("--list-checks", action="store_true", help="list the available checks and their options, then exit")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only the summary table")
+    for d in OPTION_DEFS:
+        names = [d.cli_flag] + ([d.short] if d.short else [])
+        if d.flag:
+            parser.add_argument(*names, dest=d.name, action="store_true", default=None, help=d.help)
+        elif d.repeatable:
+            parser.add_argument(*names, dest=d.name, action="append", default=None, metavar=d.metavar, help=d.help)
+        else:
+            shown = f"{d.help} (default: {d.default})" if d.default not in (None, False) else d.help
+            parser.add_argument(*names, dest=d.name, default=None, metavar=d.metavar or d.name.upper(), help=shown)
+    return parser
+
+
+def list_checks(stream: Any = sys.stdout) -> None:
+    from .registry import load_checks
+
+    checks = load_checks()
+    width = max(len(c) for c in checks) if checks else 10
+    family = None
+    for spec in sorted(checks.values(), key=lambda s: (s.family, s.order, s.id)):
+        if spec.family != family:
+            family = spec.family
+            print(f"\n[{family}]", file=stream)
+        flags = "" if spec.default else "  (opt-in)"
+        print(f"  {spec.id:<{width}}  {spec.title}{flags}", file=stream)
+        for opt in spec.options:
+            print(f"  {'':<{width}}    -o {spec.id}.{opt.name}={opt.default!r}  {opt.help}", file=stream)
+
+
+def parse_options(args: argparse.Namespace) -> RunOptions:
+    raw: dict[str, Any] = dict(pyproject_defaults())
+    for d in OPTION_DEFS:
+        value = getattr(args, d.name, None)
+        if value is not None:
+            raw[d.name] = value
+    return RunOptions.from_mapping(raw)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = bool(args.debug)
+    try:
+        if args.version:
+            from importlib.metadata import version
+
+            print(f"torch-diagnose {version('torch-diagnose')}")
+            return 0
+        if args.list_checks:
+            list_checks()
+            return 0
+        if not args.spec:
+            parser.error("a target is required, e.g. `diagnose demo` (or --list-checks)")
+        options = parse_options(args)
+        return _run(args.spec, options, quiet=args.quiet)
+    except UsageError as exc:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        print(f"diagnose: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("diagnose: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(spec: str, options: RunOptions, *, quiet: bool) -> int:
+    from .registry import select_checks
+    from .report import TerminalReporter, file_reporters
+    from .runner import run
+    from .target import load_target
+
+    checks = select_checks(options.checks or None, options.skip or None)  # validate names before loading
+    target = load_target(spec, trust_pickle=options.trust_pickle, input_shape=options.input_shape, input_dtype=options.input_dtype)
+    reporters: list[Any] = file_reporters(options)
+    reporters.append(TerminalReporter(stream=sys.stdout, verbose=not quiet))
+    report = run(target, options, reporters=reporters, checks=checks)
+    if report.interrupted:
+        return 130
+    return report.exit_code(options.fail_on)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""`diagnose.xml`: JUnit XML, so CI systems show each check as a test case.
+
+fail -> <failure>, error -> <error>, skip -> <skipped>; a warning stays a passing test case with the
+explanation in <system-out> (CI would otherwise turn a warning red). Metrics, culprit and hint ride
+along as <properties>, the form pytest uses, which Jenkins, GitLab and GitHub test reporters read.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+import xml.etree.ElementTree as ET
+from typing import TYPE_CHECKING, Any
+
+from ..results import ERROR, FAIL, SKIP, WARN, CheckResult, jsonable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..runner import RunReport
+
+#: Characters XML 1.0 forbids even when escaped (NUL, most C0 controls, lone surrogates);
+#: ElementTree writes them as-is and the file would no longer parse.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _text(value: Any) -> str:
+    return _NOT_XML.sub("\ufffd", value if isinstance(value, str) else str(value))
+
+
+def _value(value: Any) -> str:
+    """A property value at full precision (format_value rounds for humans; CI graphs want the number)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else str(value)
+    if isinstance(value, (int, str)):
+        return str(value)
+    return json.dumps(jsonable(value), allow_nan=False)
+
+
+def _properties(parent: ET.Element, items: list[tuple[str, Any]]) -> None:
+    items = [(name, value) for name, value in items if value is not None]
+    if items:
+        props = ET.SubElement(parent, "properties")
+        for name, value in items:
+            ET.SubElement(props, "property", name=_text(name), value=_text(_value(value)))
+
+
+def testcase(result: CheckResult) -> ET.Element:
+    case = ET.Element("testcase", classname=f"diagnose.{result.family or 'checks'}", name=_text(result.check),
+                      time=f"{result.duration_s:.3f}")
+    _properties(case, [("status", result.status), ("culprit", result.culprit), ("location", result.location),
+                       ("hint", result.hint), *((f"metric.{k}", v) for k, v in result.metrics.items())])
+    message = _text(result.summary)
+    if result.status == FAIL:
+        ET.SubElement(case, "failure", message=message, type="fail").text = _text(result.explain())
+    elif result.status == ERROR:
+        traceback = result.details.get("traceback") if isinstance(result.details, dict) else None
+        ET.SubElement(case, "error", message=message, type="error").text = _text(traceback or result.explain())
+    elif result.status == SKIP:
+        ET.SubElement(case, "skipped", message=message)
+    elif result.status == WARN:
+        ET.SubElement(case, "system-out").text = _text(result.explain())
+    return case
+
+
+class JUnitWriter:
+    """Renders the run as one <testsuite> inside <testsuites>."""
+
+    filename = "diagnose.xml"
+
+    def render(self, run: "RunReport", *, final: bool = True) -> str:
+        counts = run.summary
+        total = run.duration_s or sum(r.duration_s for r in run.results)
+        attrs = {"name": "diagnose", "tests": str(len(run.results)), "failures": str(counts[FAIL]),
+                 "errors": str(counts[ERROR]), "skipped": str(counts[SKIP]), "time": f"{total:.3f}"}
+        root = ET.Element("testsuites", attrs)
+        suite = ET.SubElement(root, "testsuite", {
+            **attrs, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(run.started_at))})
+        scalars = (str, int, float, bool)
+        _properties(suite, [
+            *((f"target.{k}", v) for k, v in run.target.items() if isinstance(v, scalars)),
+            *((f"env.{k}", v) for k, v in run.environment.items() if isinstance(v, scalars)),
+            ("interrupted", run.interrupted),
+            ("complete", final and not run.interrupted),
+        ])
+        for result in run.results:
+            suite.append(testcase(result))
+        ET.indent(root)
+        return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"

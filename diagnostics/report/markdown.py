@@ -1,0 +1,183 @@
+"""`diagnose.md`: a GitHub-flavoured Markdown summary, also appended to the job summary on GitHub Actions.
+
+On GitHub Actions the writer also prints workflow annotations for fail/error/warn, so findings show
+on the pull request next to the culprit's line. Both happen once, at the end of the run.
+"""
+from __future__ import annotations
+
+import html
+import os
+import re
+import sys
+from typing import TYPE_CHECKING, Any
+
+from ..results import ERROR, FAIL, PASS, SKIP, WARN, CheckResult, format_value
+from .terminal import counts_text, target_name
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..runner import RunReport
+
+STATUS_LABEL = {PASS: "✅ pass", WARN: "⚠️ warn", FAIL: "❌ fail", SKIP: "⏭️ skip", ERROR: "💥 error"}
+_CODE_SPAN = re.compile(r"(`+)(.+?)\1", re.S)
+_PROSE_SPECIALS = re.compile(r"([\\*_\[\]|`])")
+
+
+def _prose(text: str) -> str:
+    text = html.escape(text, quote=False)  # `<script>` stays text on GitHub instead of being stripped
+    text = _PROSE_SPECIALS.sub(r"\\\1", text)
+    return re.sub(r"\r\n|\r|\n", "<br>", text)
+
+
+def md_inline(text: Any, *, table: bool = False) -> str:
+    """Text as one line of Markdown: `code spans` kept, everything else escaped, newlines as <br>.
+
+    In a table cell a pipe must be escaped even inside a code span (GFM splits cells first).
+    """
+    text = "" if text is None else str(text)
+    out, pos = [], 0
+    for m in _CODE_SPAN.finditer(text):
+        out.append(_prose(text[pos:m.start()]))
+        inner = re.sub(r"\s*[\r\n]+\s*", " ", m.group(2))
+        out.append(m.group(1) + (inner.replace("|", r"\|") if table else inner) + m.group(1))
+        pos = m.end()
+    out.append(_prose(text[pos:]))
+    return "".join(out)
+
+
+def md_code(text: Any, *, table: bool = False) -> str:
+    """Literal text as a code span, with a fence longer than any backtick run inside it."""
+    text = re.sub(r"\s*[\r\n]+\s*", " ", str(text))
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    body = text.replace("|", r"\|") if table else text
+    return f"{fence}{pad}{body}{pad}{fence}"
+
+
+def _fenced(text: str, lang: str = "text") -> str:
+    fence = "`" * max(3, max((len(run) + 1 for run in re.findall(r"`{3,}", text)), default=0))
+    return f"{fence}{lang}\n{text.rstrip()}\n{fence}"
+
+
+def _culprit(result: CheckResult, *, table: bool) -> str:
+    if not result.culprit:
+        return md_code(result.location, table=table) if result.location else ""
+    where = f" at {md_code(result.location, table=table)}" if result.location else ""
+    return md_inline(result.culprit, table=table) + where
+
+
+def render_markdown(run: "RunReport", *, final: bool = True) -> str:
+    worst = run.worst_status() if run.results else SKIP
+    emoji = STATUS_LABEL[worst].split()[0] if run.results else "⏳"
+    lines = [f"# {emoji} diagnose {md_inline(target_name(run))}: {counts_text(run.summary)}", ""]
+    facts = [f"{run.duration_s:.1f} s" if run.duration_s else ""]
+    env = run.environment
+    facts += [f"{k} {env[k]}" for k in ("torch", "python", "device") if env.get(k)]
+    if run.target.get("model_class"):
+        facts.insert(0, md_code(run.target["model_class"]))
+    lines += [" · ".join(f for f in facts if f), ""]
+    if run.interrupted:
+        lines += ["**interrupted: partial results** (the run was stopped before every check finished)", ""]
+    elif not final:
+        lines += [f"_in progress: {len(run.results)} checks finished so far; this file is rewritten after each check_", ""]
+    if run.results:
+        lines += ["| status | check | summary | culprit | hint |", "|---|---|---|---|---|"]
+        for r in run.results:
+            cells = [STATUS_LABEL[r.status], md_code(r.check, table=True), md_inline(r.summary, table=True),
+                     _culprit(r, table=True), md_inline(r.hint, table=True)]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    if run.notes:
+        lines += ["## Notes", "", *(f"- {md_inline(note)}" for note in run.notes), ""]
+    for r in run.results:
+        if r.status != PASS:
+            lines += _section(r)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _section(r: CheckResult) -> list[str]:
+    lines = [f"## {STATUS_LABEL[r.status]}: {md_code(r.check)}", "", md_inline(r.summary) or "_no summary_", ""]
+    facts = []
+    if r.culprit or r.location:
+        facts.append(f"- **culprit:** {_culprit(r, table=False)}")
+    if r.hint:
+        facts.append(f"- **hint:** {md_inline(r.hint)}")
+    facts.append(f"- **duration:** {r.duration_s:.1f} s")
+    lines += [*facts, ""]
+    if r.metrics:
+        lines += ["| metric | value |", "|---|---|"]
+        lines += [f"| {md_code(k, table=True)} | {md_inline(format_value(v), table=True)} |" for k, v in r.metrics.items()]
+        lines.append("")
+    traceback = r.details.get("traceback") if isinstance(r.details, dict) else None
+    if r.status == ERROR and isinstance(traceback, str):
+        lines += ["<details><summary>traceback</summary>", "", _fenced(traceback), "", "</details>", ""]
+    return lines
+
+
+# -- GitHub Actions ------------------------------------------------------------------------------
+def _escape_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(text: str) -> str:
+    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def _split_location(location: str | None) -> tuple[str | None, str | None]:
+    """"path:line" -> (path, line); a path alone -> (path, None). Absolute paths inside the
+    checkout become relative, because GitHub attaches annotations to repository paths only."""
+    if not location:
+        return None, None
+    path, sep, line = location.rpartition(":")
+    if not (sep and line.isdigit() and path):
+        path, line = location, ""
+    workspace = os.environ.get("GITHUB_WORKSPACE")
+    if workspace and os.path.isabs(path):
+        try:
+            rel = os.path.relpath(path, workspace)
+            if not rel.startswith(".."):
+                path = rel
+        except ValueError:  # another drive on Windows
+            pass
+    return path, line or None
+
+
+def annotation(result: CheckResult) -> str | None:
+    """The `::error ...::message` workflow command for one result (None for pass and skip)."""
+    level = {FAIL: "error", ERROR: "error", WARN: "warning"}.get(result.status)
+    if level is None:
+        return None
+    path, line = _split_location(result.location)
+    props = []
+    if path:
+        props.append(f"file={_escape_property(path)}")
+        if line:
+            props.append(f"line={line}")
+    props.append(f"title={_escape_property('diagnose ' + result.check)}")
+    message = [result.summary]
+    if result.culprit:
+        message.append(f"culprit: {result.culprit}")
+    if result.hint:
+        message.append(f"hint: {result.hint}")
+    return f"::{level} {','.join(props)}::{_escape_data(chr(10).join(message))}"
+
+
+class MarkdownWriter:
+    """Renders diagnose.md; at the end of the run, feeds GitHub's job summary and annotations."""
+
+    filename = "diagnose.md"
+
+    def render(self, run: "RunReport", *, final: bool = True) -> str:
+        return render_markdown(run, final=final)
+
+    def finished(self, run: "RunReport", text: str | None) -> None:
+        """Once per run: annotations (GITHUB_ACTIONS=true) and the job summary (GITHUB_STEP_SUMMARY)."""
+        if os.environ.get("GITHUB_ACTIONS") == "true":
+            for result in run.results:
+                command = annotation(result)
+                if command:
+                    print(command, file=sys.stdout)
+            sys.stdout.flush()
+        summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
+        if summary_file and text is not None:
+            with open(summary_file, "a", encoding="utf-8") as fh:
+                fh.write(text if text.endswith("\n") else text + "\n")

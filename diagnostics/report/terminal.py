@@ -1,0 +1,170 @@
+"""Live progress and the closing summary on a terminal (or a CI log).
+
+Also home of the small wording helpers the file reports share (`counts_text`, `target_name`), so
+every format says "1 failed, 3 passed" the same way.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import textwrap
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence, TextIO
+
+from ..results import ERROR, FAIL, PASS, SKIP, WARN, CheckResult
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..registry import CheckSpec
+    from ..runner import RunReport
+
+_COLORS = {PASS: "32", WARN: "33", FAIL: "1;31", SKIP: "2", ERROR: "1;35"}
+#: Order and wording of the counts line, like pytest's ("1 failed, 3 passed, 1 skipped").
+_COUNT_WORDS = ((ERROR, "error", "errors"), (FAIL, "failed", "failed"), (WARN, "warning", "warnings"),
+                (PASS, "passed", "passed"), (SKIP, "skipped", "skipped"))
+_FALLBACK_WIDTH = 120
+
+
+def counts_text(summary: dict[str, int]) -> str:
+    """`{"fail": 1, "pass": 3, ...}` -> "1 error, 1 failed, 3 passed" (zero counts left out)."""
+    parts = [f"{summary.get(s, 0)} {one if summary.get(s, 0) == 1 else many}" for s, one, many in _COUNT_WORDS
+             if summary.get(s, 0)]
+    return ", ".join(parts) or "no checks ran"
+
+
+def target_name(run: "RunReport") -> str:
+    return str(run.target.get("name") or run.target.get("source") or "model")
+
+
+def one_line(text: str | None) -> str:
+    return " ".join(str(text or "").split())
+
+
+def _is_tty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except Exception:
+        return False
+
+
+class TerminalReporter:
+    """Prints one line per finished check and a summary table at the end.
+
+    verbose: also print the culprit, location and hint under every warn/fail/error line.
+    report_paths: the report files to list at the end; by default the files of run.options'
+    report_dir/format that this run wrote (modified since it started).
+    """
+
+    def __init__(self, stream: TextIO | None = None, color: bool | None = None, verbose: bool = False,
+                 report_paths: Sequence[str | os.PathLike[str]] | None = None) -> None:
+        self.stream: TextIO = stream if stream is not None else sys.stderr
+        self.tty = _is_tty(self.stream)
+        self.color = color if color is not None else (self.tty and not os.environ.get("NO_COLOR"))
+        self.verbose = verbose
+        self.report_paths = list(report_paths) if report_paths is not None else None
+        self._id_width = 0
+        self._pending = False
+
+    # -- output helpers ----------------------------------------------------------------------
+    def _print(self, text: str = "", end: str = "\n") -> None:
+        if self._pending:  # erase the transient "running ..." line first
+            self.stream.write("\r\033[K")
+            self._pending = False
+        self.stream.write(text + end)
+        self.stream.flush()
+
+    def _paint(self, status: str, text: str) -> str:
+        return f"\033[{_COLORS[status]}m{text}\033[0m" if self.color and status in _COLORS else text
+
+    def _width(self) -> int:
+        return shutil.get_terminal_size((_FALLBACK_WIDTH, 24)).columns or _FALLBACK_WIDTH
+
+    # -- Reporter protocol -------------------------------------------------------------------
+    def start(self, run: "RunReport", checks: "list[CheckSpec]") -> None:
+        self._id_width = max((len(c.id) for c in checks), default=0)
+        self._print(f"diagnose {target_name(run)}: {len(checks)} check{'' if len(checks) == 1 else 's'}")
+
+    def check_started(self, spec: "CheckSpec") -> None:
+        if self.tty:
+            self._print(f"  running {spec.id} ...", end="")
+            self._pending = True
+
+    def check_finished(self, result: CheckResult, run: "RunReport") -> None:
+        status = self._paint(result.status, f"{result.status.upper():<5}")
+        line = f"  {status}  {result.check:<{self._id_width}}  ({result.duration_s:.1f} s)  {one_line(result.summary)}"
+        self._print(line)
+        if self.verbose and result.status in (WARN, FAIL, ERROR):
+            indent = " " * 9
+            if result.culprit:
+                where = f" ({result.location})" if result.location else ""
+                self._print(f"{indent}culprit: {one_line(result.culprit)}{where}")
+            if result.hint:
+                self._print(f"{indent}hint: {one_line(result.hint)}")
+
+    def finish(self, run: "RunReport") -> None:
+        for note in run.notes:
+            self._print(f"note: {one_line(note)}")
+        if run.results:
+            self._print()
+            for line in self.table(run.results):
+                self._print(line)
+        self._print()
+        worst = run.worst_status() if run.results else SKIP
+        self._print(self._paint(worst, f"{counts_text(run.summary)} in {run.duration_s:.1f} s"))
+        if run.interrupted:
+            self._print(self._paint(WARN, "interrupted: partial results"))
+        paths = self._written_reports(run)
+        if paths:
+            self._print("reports: " + ", ".join(paths))
+
+    # -- summary table -----------------------------------------------------------------------
+    def table(self, results: list[CheckResult]) -> list[str]:
+        """Rows of status, check, summary, culprit, hint; the last three wrapped to fit the width."""
+        header = ("status", "check", "summary", "culprit", "hint")
+        rows = [(r.status, r.check, one_line(r.summary),
+                 one_line(r.culprit) + (f" ({r.location})" if r.culprit and r.location else ""), one_line(r.hint))
+                for r in results]
+        fixed = [max(len(header[i]), *(len(row[i]) for row in rows)) for i in (0, 1)]
+        natural = [max(len(header[i]), *(len(row[i]) for row in rows)) for i in (2, 3, 4)]
+        flex = _share(self._width() - sum(fixed) - 2 * (len(header) - 1) - 2, natural, minimum=12)
+        widths = [*fixed, *flex]
+
+        def render(cells: tuple[str, ...], status: str | None) -> list[str]:
+            wrapped = [(textwrap.wrap(c, w, break_on_hyphens=False) or [""]) if i >= 2 else [c]
+                       for i, (c, w) in enumerate(zip(cells, widths))]
+            out = []
+            for n in range(max(len(w) for w in wrapped)):
+                parts = [(w[n] if n < len(w) else "").ljust(widths[i]) for i, w in enumerate(wrapped)]
+                if status and n == 0:
+                    parts[0] = self._paint(status, parts[0])
+                out.append(("  " + "  ".join(parts)).rstrip())
+            return out
+
+        lines = render(header, None)
+        lines.append("  " + "  ".join("-" * w for w in widths))
+        for row in rows:
+            lines.extend(render(row, row[0]))
+        return lines
+
+    def _written_reports(self, run: "RunReport") -> list[str]:
+        if self.report_paths is not None:
+            return [str(p) for p in self.report_paths if Path(p).exists()]
+        from . import WRITERS  # lazy: the package imports this module
+
+        folder = Path(str(run.options.get("report_dir") or "reports"))
+        formats = run.options.get("format") or []
+        candidates = [folder / WRITERS[f].filename for f in formats if f in WRITERS]
+        since = run.started_at - 1.0  # file-system timestamps can be coarse
+        return [str(p) for p in candidates if p.exists() and p.stat().st_mtime >= since]
+
+
+def _share(total: int, natural: list[int], minimum: int) -> list[int]:
+    """Split `total` columns among flexible columns: all keep their natural width if they fit; else
+    the narrow ones (up to `minimum`) keep theirs and the others share the rest in proportion to
+    their natural widths, never going below `minimum` (the line then overflows instead)."""
+    if sum(natural) <= total:
+        return list(natural)
+    fixed = [i for i, n in enumerate(natural) if n <= minimum]
+    left = total - sum(natural[i] for i in fixed)
+    weight = sum(n for i, n in enumerate(natural) if i not in fixed)
+    return [n if i in fixed else max(minimum, left * n // weight) for i, n in enumerate(natural)]

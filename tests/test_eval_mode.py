@@ -1,0 +1,49 @@
+"""eval_mode: modules left in training mode, and train() overrides that do not propagate."""
+from __future__ import annotations
+
+import pytest
+import torchvision
+
+from diagnostics import FAIL, PASS, Target, run_check
+from tests.models import faulty
+
+
+def test_clean_small_model_passes() -> None:
+    result = run_check("eval_mode", faulty.small_net())
+    assert result.status == PASS, result.explain()
+    assert result.metrics["training_at_handover"] == 0
+
+
+def test_submodule_put_back_in_training_fails_naming_it() -> None:
+    result = run_check("eval_mode", faulty.submodule_back_in_training())
+    assert result.status == FAIL
+    assert result.culprit == "block.drop (Dropout)"
+    assert "model.eval()" in result.hint
+
+
+def test_train_override_that_does_not_propagate_is_named() -> None:
+    result = run_check("eval_mode", faulty.train_override_not_propagating())
+    assert result.status == FAIL
+    assert result.culprit == "<root> (NoPropagateNet).train"
+    assert "super().train(mode)" in result.hint
+    assert result.location and result.location.endswith(".py:48") or "faulty.py" in (result.location or "")
+    # the mode-sensitive children are listed first
+    assert result.details["still_training_after_eval"][0] in ("block.drop (Dropout)", "block.norm (BatchNorm1d)")
+
+
+def test_model_handed_over_in_training_mode_fails_and_is_not_evaled_before() -> None:
+    model, x = faulty.small_net()
+    model.train()
+    result = run_check("eval_mode", Target(model, x))
+    assert result.status == FAIL
+    assert result.culprit.startswith("block.drop") or result.culprit.startswith("block.norm")
+    assert result.metrics["training_at_handover"] == 7
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small"])
+def test_clean_torchvision_models_pass(name: str) -> None:
+    model = torchvision.models.get_model(name, weights=None).eval()
+    import torch
+
+    result = run_check("eval_mode", Target(model, torch.randn(1, 3, 64, 64)))
+    assert result.status == PASS, result.explain()

@@ -1,0 +1,93 @@
+"""The runner: a check that raises ends as error while the others run; isolation contains crashes."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from diagnostics import ERROR, FAIL, PASS, SKIP, CheckResult, SkipCheck, Target
+from diagnostics.options import RunOptions
+from diagnostics.registry import CheckSpec, get_check
+from diagnostics.runner import run
+from tests.models import faulty
+
+
+def _spec(check_id: str, func) -> CheckSpec:
+    return CheckSpec(id=check_id, family="test", title=check_id, func=func)
+
+
+def _raises(ctx, opts):
+    raise ValueError("the check itself broke")
+
+
+def _skips(ctx, opts):
+    raise SkipCheck("no pipelines given")
+
+
+def _returns_garbage(ctx, opts):
+    return {"status": "pass"}
+
+
+def _slow(ctx, opts):
+    time.sleep(5)
+    return CheckResult(status=PASS, summary="never")
+
+
+def test_a_check_that_raises_is_an_error_and_the_run_goes_on(tmp_path) -> None:
+    from diagnostics.report import file_reporters
+
+    options = RunOptions(report_dir=str(tmp_path), format=["json"])
+    checks = [_spec("breaks", _raises), get_check("eval_mode"), _spec("skips", _skips), _spec("garbage", _returns_garbage), get_check("determinism")]
+    report = run(Target(*faulty.small_net()), options, checks=checks, reporters=file_reporters(options))
+    statuses = {r.check: r.status for r in report.results}
+    assert statuses == {"breaks": ERROR, "eval_mode": PASS, "skips": SKIP, "garbage": ERROR, "determinism": PASS}
+    assert "the check itself broke" in report.result("breaks").summary
+    assert "traceback" in report.result("breaks").details
+    assert report.exit_code("fail") == 1  # errors count
+    data = json.loads((tmp_path / "diagnose.json").read_text())
+    assert [r["check"] for r in data["results"]] == ["breaks", "eval_mode", "skips", "garbage", "determinism"]
+    assert data["summary"]["error"] == 2
+
+
+def test_timeout_ends_the_check_as_error() -> None:
+    options = RunOptions(timeout=0.5)
+    report = run(Target(*faulty.small_net()), options, checks=[_spec("slow", _slow), get_check("eval_mode")])
+    assert report.result("slow").status == ERROR
+    assert "timed out" in report.result("slow").summary
+    assert report.result("eval_mode").status == PASS
+
+
+def test_fail_on_thresholds() -> None:
+    report = run(Target(*faulty.functional_dropout()), RunOptions(), checks=[get_check("determinism")])
+    assert report.result("determinism").status == FAIL
+    assert report.exit_code("fail") == 1
+    assert report.exit_code("error") == 0
+
+
+def test_model_is_not_evaled_before_eval_mode_looks() -> None:
+    model, x = faulty.small_net()
+    model.train()
+    report = run(Target(model, x), RunOptions(), checks=[get_check("determinism"), get_check("eval_mode")])
+    # determinism ran first (and switched to eval), yet eval_mode judged the handed-over state
+    assert report.result("eval_mode").status == FAIL
+    assert any("training mode" in note for note in report.notes)
+
+
+@pytest.mark.slow
+def test_isolated_crash_is_contained(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TORCH_DIAGNOSE_CHECKS", "tests.models.crashing_checks")
+    monkeypatch.setenv("PYTHONPATH", os.getcwd())
+    from diagnostics.registry import load_checks
+    import diagnostics.registry as registry
+
+    monkeypatch.setattr(registry, "_loaded", False)
+    load_checks()
+    options = RunOptions(isolate=True, timeout=20)
+    checks = [get_check("crash_segfault"), get_check("eval_mode")]
+    spec = "tests/models/faulty.py:small_net"
+    report = run(spec, options, checks=checks)
+    crash = report.result("crash_segfault")
+    assert crash.status == ERROR and "SIGSEGV" in crash.summary
+    assert report.result("eval_mode").status == PASS
