@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("spec", nargs="?", help="the target to diagnose (see targets below)")
     parser.add_argument("--list-checks", action="store_true", help="list the available checks and their options, then exit")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    parser.add_argument("-q", "--quiet", action="store_true", help="print only the summary table")
+    parser.add_argument("-q", "--quiet", action="store_true", help="one line per check, without culprit and hint lines under it")
     for d in OPTION_DEFS:
         names = [d.cli_flag] + ([d.short] if d.short else [])
         if d.flag:
@@ -125,7 +125,8 @@ def _run(spec: str, options: RunOptions, *, quiet: bool) -> int:
     checks = select_checks(options.checks or None, options.skip or None)  # validate names before loading
     target = load_target(spec, trust_pickle=options.trust_pickle, input_shape=options.input_shape, input_dtype=options.input_dtype)
     reporters: list[Any] = file_reporters(options)
-    reporters.append(TerminalReporter(stream=sys.stdout, verbose=not quiet))
+    paths = [str(r.path) for r in reporters]
+    reporters.append(TerminalReporter(stream=sys.stdout, verbose=not quiet, report_paths=paths))
     report = run(target, options, reporters=reporters, checks=checks)
     if report.interrupted:
         return 130

@@ -12,7 +12,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from ..results import ERROR, FAIL, STATUSES, WARN, CheckResult, format_value, jsonable
-from .plots import plot_specs, plot_title, render_result_plots
+from .plots import plot_specs, render_result_plots
 from .terminal import counts_text, target_name
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -91,7 +91,38 @@ def render_markdown(run: "RunReport", *, final: bool = True) -> str:
     for r in run.results:
         if r.status != PASS:
             lines += _section(r)
+    for r in run.results:
+        matrix = r.details.get("matrix") if isinstance(r.details, dict) else None
+        if isinstance(matrix, list) and matrix:
+            lines += _matrix_table(r.check, matrix)
     return "\n".join(lines).rstrip() + "\n"
+
+
+#: Columns of the deployment matrix (benchmark check), in order, with their headers.
+MATRIX_COLUMNS = (("variant", "variant"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"), ("speedup", "speed-up"),
+                  ("max_error", "max abs error vs fp32"), ("size_mb", "size MB"), ("verdict", "equivalence"),
+                  ("recommended", "recommended"), ("note", "note"))
+
+
+def _matrix_table(check: str, rows: list[Any]) -> list[str]:
+    """The deployment matrix: shown for every status, since it informs even when everything passed."""
+    lines = [f"## Deployment matrix ({md_code(check)})", "", "| " + " | ".join(h for _, h in MATRIX_COLUMNS) + " |",
+             "|" + "---|" * len(MATRIX_COLUMNS)]
+    for row in rows:
+        if not isinstance(row, dict):
+            continue
+        cells = []
+        for key, _ in MATRIX_COLUMNS:
+            value = row.get(key)
+            if key == "recommended":
+                cells.append("⭐ yes" if value else "")
+            elif value is None:
+                cells.append("–")
+            else:
+                cells.append(md_inline(format_value(value), table=True))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
 
 
 def _section(r: CheckResult) -> list[str]:

@@ -126,7 +126,10 @@ class TerminalReporter:
                 for r in results]
         fixed = [max(len(header[i]), *(len(row[i]) for row in rows)) for i in (0, 1)]
         natural = [max(len(header[i]), *(len(row[i]) for row in rows)) for i in (2, 3, 4)]
-        flex = _share(self._width() - sum(fixed) - 2 * (len(header) - 1) - 2, natural, minimum=12)
+        # a column is never narrower than its longest word (up to 40): paths and module names stay whole
+        longest = [max((len(w) for row in rows for w in row[i].split()), default=0) for i in (2, 3, 4)]
+        minimum = [min(n, max(12, min(w, 40))) for n, w in zip(natural, longest)]
+        flex = _share(self._width() - sum(fixed) - 2 * (len(header) - 1) - 2, natural, minimum)
         widths = [*fixed, *flex]
 
         def render(cells: tuple[str, ...], status: str | None) -> list[str]:
@@ -158,13 +161,25 @@ class TerminalReporter:
         return [str(p) for p in candidates if p.exists() and p.stat().st_mtime >= since]
 
 
-def _share(total: int, natural: list[int], minimum: int) -> list[int]:
+def _share(total: int, natural: list[int], minimum: list[int]) -> list[int]:
     """Split `total` columns among flexible columns: all keep their natural width if they fit; else
-    the narrow ones (up to `minimum`) keep theirs and the others share the rest in proportion to
-    their natural widths, never going below `minimum` (the line then overflows instead)."""
+    they share it in proportion to their natural widths, except that a column whose share would be
+    below its minimum gets the minimum and the others share what is left (the line overflows only
+    when the minimums alone do not fit)."""
     if sum(natural) <= total:
         return list(natural)
-    fixed = [i for i, n in enumerate(natural) if n <= minimum]
-    left = total - sum(natural[i] for i in fixed)
-    weight = sum(n for i, n in enumerate(natural) if i not in fixed)
-    return [n if i in fixed else max(minimum, left * n // weight) for i, n in enumerate(natural)]
+    widths = [0] * len(natural)
+    free = set(range(len(natural)))
+    while free:
+        left = total - sum(widths[i] for i in range(len(natural)) if i not in free)
+        weight = sum(natural[i] for i in free) or 1
+        share = {i: left * natural[i] // weight for i in free}
+        short = {i for i in free if share[i] < min(minimum[i], natural[i])}
+        if not short:
+            for i in free:
+                widths[i] = min(natural[i], share[i])
+            break
+        for i in short:
+            widths[i] = min(minimum[i], natural[i])
+        free -= short
+    return widths

@@ -1,0 +1,184 @@
+"""Benchmark family: latency and throughput per batch size, and the deployment matrix.
+
+Timing follows diagnostics/timing.py (warm-up, synchronisation on CUDA, adaptive repetitions,
+per-call samples). The matrix reuses the variants other checks already built and judged
+(TorchScript, torch.export, ONNX Runtime, fp16/bf16, int8): nothing is rebuilt here.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+
+from diagnostics import inputs as inp
+from diagnostics.compare import compare
+from diagnostics.context import Context, Variant, num_threads
+from diagnostics.registry import CheckOptions, Option, register
+from diagnostics.results import FAIL, PASS, CheckResult
+from diagnostics.timing import TimingStats, cuda_sync_for, measure
+
+#: Verdicts of the judging check under which a variant may be recommended.
+RECOMMENDABLE = ("pass", "warn")
+
+
+def batch_of(inputs: Any, size: int, batch_dim: int = 0) -> Any:
+    """The example inputs resized to `size` along the batch dim (rows repeated cyclically)."""
+    current = inp.batch_size(inputs, batch_dim)
+    if current is None or current == size:
+        return inputs
+    return inp.select_batch(inputs, [i % current for i in range(size)], batch_dim)
+
+
+def model_bytes(model: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
+def _batch_sizes(ctx: Context, opts: CheckOptions) -> list[int]:
+    if opts.batch_sizes:
+        sizes = [int(b) for b in opts.batch_sizes]
+    else:
+        example = inp.batch_size(ctx.inputs, ctx.batch_dim) or 1
+        sizes = [1, example]
+        if ctx.options.batch_size:
+            sizes.append(ctx.options.batch_size)
+    return sorted(set(s for s in sizes if s > 0))
+
+
+def _time(call: Callable[[], Any], ctx: Context, min_time_s: float) -> TimingStats:
+    with torch.inference_mode():
+        return measure(call, sync=cuda_sync_for(ctx.device), min_time_s=min_time_s)
+
+
+def _matrix(ctx: Context, batch: int, opts: CheckOptions, eager: TimingStats) -> list[dict[str, Any]]:
+    """One row per deployment variant at the example batch size; eager first."""
+    rows: list[dict[str, Any]] = [{
+        "variant": "eager", "p50_ms": 1e3 * eager.p50, "p99_ms": 1e3 * eager.p99, "speedup": 1.0, "max_error": 0.0,
+        "size_mb": model_bytes(ctx.model) / 1e6, "verdict": "reference", "recommended": False, "note": "",
+    }]
+    for variant in ctx.variants.values():
+        row: dict[str, Any] = {"variant": variant.name, "verdict": variant.verdict or "unjudged", "recommended": False,
+                               "size_mb": variant.size_bytes / 1e6 if variant.size_bytes else None, "note": variant.note,
+                               "source_check": variant.source_check}
+        try:
+            out = variant.run(ctx.inputs)
+            max_error = variant.max_error
+            if max_error is None:
+                max_error = compare(out, ctx.reference).max_abs
+            stats = _time(lambda v=variant: v.run(ctx.inputs), ctx, opts.min_time_s)
+            row.update(p50_ms=1e3 * stats.p50, p99_ms=1e3 * stats.p99, speedup=eager.p50 / stats.p50 if stats.p50 > 0 else math.inf,
+                       max_error=max_error)
+        except Exception as exc:
+            row.update(p50_ms=None, p99_ms=None, speedup=None, max_error=None, note=f"could not run: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+        rows.append(row)
+    return rows
+
+
+def recommend(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The fastest row whose variant passed (or warned in) its equivalence check; eager if none is faster.
+
+    A variant that failed, errored or was never judged is never recommended.
+    """
+    eligible = [r for r in rows if r.get("p50_ms") is not None and (r["variant"] == "eager" or r.get("verdict") in RECOMMENDABLE)]
+    if not eligible:
+        return None
+    best = min(eligible, key=lambda r: r["p50_ms"])
+    best["recommended"] = True
+    return best
+
+
+def parse_latency_limits(text: Any) -> dict[int | None, float]:
+    """`20` (every batch size) or `1=5,8=20` (per batch size) -> {None: 20.0} / {1: 5.0, 8: 20.0}."""
+    limits: dict[int | None, float] = {}
+    if text in (None, "", 0):
+        return limits
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "=" in part:
+            b, _, ms = part.partition("=")
+            limits[int(b)] = float(ms)
+        else:
+            limits[None] = float(part)
+    return limits
+
+
+@register(
+    "benchmark",
+    family="benchmark",
+    title="latency and throughput per batch size, and the deployment matrix",
+    order=95,
+    options=(
+        Option("batch_sizes", list, [], "batch sizes to time (default: 1, the example's, and --batch-size)"),
+        Option("threads", int, 0, "intra-op threads while timing (0: torch's current setting)"),
+        Option("min_time_s", float, 0.3, "measure each configuration for at least this long"),
+        Option("max_latency_ms", str, "", "fail above this p50 latency: `20` for every batch size or `1=5,8=20` per batch size"),
+        Option("matrix", bool, True, "also time the deployment variants other checks built"),
+    ),
+)
+def benchmark(ctx: Context, opts: CheckOptions) -> CheckResult:
+    """Latency (p50/p90/p99, IQR) and throughput per batch size with warm-up and synchronisation, plus a
+    deployment matrix of every variant the run built (speed-up, max error against fp32, size on disk)
+    and the fastest one that passed its equivalence check. Passes and informs unless
+    `max_latency_ms` is set and exceeded.
+    """
+    threads = opts.threads or torch.get_num_threads()
+    limits = parse_latency_limits(opts.max_latency_ms)
+    sizes = _batch_sizes(ctx, opts)
+    example_batch = inp.batch_size(ctx.inputs, ctx.batch_dim) or 1
+    per_batch: dict[int, TimingStats] = {}
+    metrics: dict[str, Any] = {"threads": threads, "device": str(ctx.device)}
+    with num_threads(threads):
+        for size in sizes:
+            batch = batch_of(ctx.inputs, size, ctx.batch_dim)
+            stats = _time(lambda b=batch: ctx.forward(b), ctx, opts.min_time_s)
+            per_batch[size] = stats
+            metrics.update(stats.summary(size, prefix=f"b{size}."))
+        eager = per_batch.get(example_batch) or _time(lambda: ctx.forward(), ctx, opts.min_time_s)
+        rows = _matrix(ctx, example_batch, opts, eager) if opts.matrix and ctx.variants else []
+    best = recommend(rows) if rows else None
+    noisy = [s for s, st in per_batch.items() if st.noise > 0.25]
+    details: dict[str, Any] = {
+        "latency": [{"batch": s, **{k: round(v, 4) if isinstance(v, float) else v for k, v in st.summary(s).items()}} for s, st in per_batch.items()],
+        "plot": [{
+            "kind": "line", "title": "eager latency vs batch size", "x": list(per_batch),
+            "series": {"p50 ms": [1e3 * st.p50 for st in per_batch.values()], "p99 ms": [1e3 * st.p99 for st in per_batch.values()]},
+            "xlabel": "batch size", "ylabel": "latency (ms)", "logy": False,
+        }],
+    }
+    if rows:
+        details["matrix"] = rows
+        timed = [r for r in rows if r.get("p50_ms") is not None]
+        details["plot"].append({
+            "kind": "barh", "title": f"p50 latency per variant at batch {example_batch}", "x": [r["variant"] for r in timed],
+            "series": {"p50 ms": [r["p50_ms"] for r in timed]}, "xlabel": "variant", "ylabel": "latency (ms)", "logy": False,
+        })
+        metrics["recommended_variant"] = best["variant"] if best else "none"
+        if best and best["variant"] != "eager":
+            metrics["recommended_speedup"] = best["speedup"]
+    over = []
+    for size, stats in per_batch.items():
+        limit = limits.get(size, limits.get(None))
+        if limit is not None and 1e3 * stats.p50 > limit:
+            over.append(f"batch {size}: p50 {1e3 * stats.p50:.2f} ms > {limit:g} ms")
+    lat = ", ".join(f"b{s} p50 {1e3 * st.p50:.2f} ms ({s / st.p50:.1f}/s)" for s, st in per_batch.items())
+    rec = ""
+    if best:
+        rec = f"; fastest faithful variant: {best['variant']}" + (f" ({best['speedup']:.2f}x eager)" if best["variant"] != "eager" else "")
+    if over:
+        return CheckResult(
+            status=FAIL, summary="latency over the limit: " + "; ".join(over), metrics=metrics, details=details,
+            culprit=over[0].split(":")[0],
+            hint="profile with torch.profiler to find the slow layers; try a faster variant from the matrix"
+                 + (f" ({best['variant']})" if best and best["variant"] != "eager" else "") + ", a smaller batch, or more threads",
+        )
+    hint = None
+    if noisy:  # informs, never fails: a busy CI machine is not the model's fault
+        metrics["noisy_batch_sizes"] = ",".join(str(s) for s in noisy)
+        hint = (f"timings at batch {', '.join(map(str, noisy))} were noisy (IQR > 25% of the median): the machine was busy; "
+                "re-run on an idle machine before trusting them")
+    return CheckResult(status=PASS, summary=f"{lat} on {threads} thread(s){rec}", metrics=metrics, details=details, hint=hint)
+
+
+__all__ = ["benchmark", "recommend", "batch_of", "parse_latency_limits", "Variant"]
