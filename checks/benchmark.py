@@ -113,7 +113,7 @@ def parse_latency_limits(text: Any) -> dict[int | None, float]:
         Option("batch_sizes", list, [], "batch sizes to time (default: 1, the example's, and --batch-size)"),
         Option("threads", int, 0, "intra-op threads while timing (0: torch's current setting)"),
         Option("min_time_s", float, 0.3, "measure each configuration for at least this long"),
-        Option("max_latency_ms", str, "", "fail above this p50 latency: `20` for every batch size or `1=5,8=20` per batch size"),
+        Option("max_latency_ms", str, "", "fail above this p50 latency: `20` for every batch size or `1=5,8=20` per batch size (also --max-latency-ms)"),
         Option("matrix", bool, True, "also time the deployment variants other checks built"),
     ),
 )
@@ -124,7 +124,7 @@ def benchmark(ctx: Context, opts: CheckOptions) -> CheckResult:
     `max_latency_ms` is set and exceeded.
     """
     threads = opts.threads or torch.get_num_threads()
-    limits = parse_latency_limits(opts.max_latency_ms)
+    limits = parse_latency_limits(opts.max_latency_ms or ctx.options.max_latency_ms)
     sizes = _batch_sizes(ctx, opts)
     example_batch = inp.batch_size(ctx.inputs, ctx.batch_dim) or 1
     per_batch: dict[int, TimingStats] = {}

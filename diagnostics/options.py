@@ -158,6 +158,22 @@ def parse_input_shape(text: Any) -> tuple[int, ...] | None:
     return shape
 
 
+def parse_latency(text: Any) -> str | None:
+    """Validate `20` or `1=5,8=20` (milliseconds, optionally per batch size); kept as text."""
+    if text is None or str(text).strip() == "":
+        return None
+    for part in str(text).split(","):
+        batch, eq, ms = part.strip().rpartition("=") if "=" in part else ("", "", part.strip())
+        try:
+            if eq:
+                int(batch)
+            if float(ms) <= 0:
+                raise ValueError
+        except ValueError:
+            raise UsageError(f"malformed --max-latency-ms {text!r}: write milliseconds, e.g. 20, or per batch size 1=5,8=20") from None
+    return str(text)
+
+
 @dataclass(frozen=True)
 class OptionDef:
     """One run option: its CLI flag, its pytest flag (`--diagnose-` + name) and its parser."""
@@ -189,6 +205,7 @@ OPTION_DEFS: tuple[OptionDef, ...] = (
     OptionDef("dynamic_dims", "input dims that vary in serving, e.g. x:0=batch,x:1=seq", None, parse_dynamic_dims, metavar="SPEC"),
     OptionDef("batch_size", "the deployment batch size (memory checks, benchmark)", None, parse_positive_int, metavar="N"),
     OptionDef("memory_budget", "device memory the deployment may use, e.g. 8GB, 512MiB", None, parse_size, metavar="SIZE"),
+    OptionDef("max_latency_ms", "benchmark gate: fail above this p50 latency, `20` or per batch size `1=5,8=20`", None, parse_latency, metavar="MS"),
     OptionDef("seed", "seed for every random input the checks make", 0, parse_int, metavar="N"),
     OptionDef("atol", "fixed absolute tolerance for every comparison (default: calibrated per dtype)", None, parse_positive_float),
     OptionDef("rtol", "fixed relative tolerance for every comparison (default: calibrated per dtype)", None, parse_positive_float),
@@ -215,6 +232,7 @@ class RunOptions:
     dynamic_dims: dict[str, dict[int, str]] | None = None
     batch_size: int | None = None
     memory_budget: int | None = None
+    max_latency_ms: str | None = None
     seed: int = 0
     atol: float | None = None
     rtol: float | None = None
