@@ -120,10 +120,10 @@ def _run(spec: str, options: RunOptions, *, quiet: bool) -> int:
     from .registry import select_checks
     from .report import TerminalReporter, file_reporters
     from .runner import run
-    from .target import load_target
+    from .target import load_target_for
 
     checks = select_checks(options.checks or None, options.skip or None)  # validate names before loading
-    target = load_target(spec, trust_pickle=options.trust_pickle, input_shape=options.input_shape, input_dtype=options.input_dtype)
+    target = load_target_for(spec, options)
     reporters: list[Any] = file_reporters(options)
     paths = [str(r.path) for r in reporters]
     reporters.append(TerminalReporter(stream=sys.stdout, verbose=not quiet, report_paths=paths))

@@ -108,9 +108,6 @@ class Comparison:
     def passed(self) -> bool:
         return all(leaf.passed for leaf in self.leaves)
 
-    def __bool__(self) -> bool:
-        return self.passed
-
     def leaf(self, name: str) -> LeafComparison:
         for leaf in self.leaves:
             if leaf.name == name:

@@ -24,10 +24,10 @@ def _child(conn: Any, spec_source: str | None, target_blob: bytes | None, option
         from .context import Context
         from .registry import get_check
         from .runner import run_check
-        from .target import load_target
+        from .target import load_target_for
 
         if spec_source is not None:
-            target = load_target(spec_source, trust_pickle=options.trust_pickle, input_shape=options.input_shape, input_dtype=options.input_dtype)
+            target = load_target_for(spec_source, options)
         else:
             target = pickle.loads(target_blob)  # noqa: S301 - our own bytes from the parent
         if options.dynamic_dims and not target.dynamic_dims:

@@ -1,9 +1,10 @@
 """pytest plugin (entry point `pytest11`): the checks inside a user's own test suite and CI.
 
 Faces, all thin over the runner (`run_one`) and one shared Context per target and process:
-* `pytest --diagnose-model SPEC` adds one test item per selected check, named after its id
-  (`-k onnx` selects it), to whatever else pytest collects; each fails with the check's summary,
-  culprit, hint and metrics. The run options are the CLI's (`OPTION_DEFS`), as `--diagnose-<name>`.
+* `pytest --diagnose-model SPEC` (no test paths named) adds one test item per selected check,
+  named after its id (`-k onnx` selects it); each fails with the check's summary, culprit, hint,
+  metrics and details. With test paths named (`pytest tests/test_model.py --diagnose-model SPEC`)
+  SPEC only feeds the fixtures. The run options are the CLI's (`OPTION_DEFS`), as `--diagnose-<name>`.
 * Fixtures: `diagnose_target` (from --diagnose-model or `@pytest.mark.diagnose(model=SPEC)`;
   override it in conftest.py), `diagnose` (`diagnose("onnx", **options)`), `golden`
   (`golden(target=None, name=None, **options)`) and one `check_<id>` per registered check.
@@ -11,7 +12,8 @@ Faces, all thin over the runner (`run_one`) and one shared Context per target an
 * Golden recordings go one file per test and call under `<test dir>/__golden__/<test module>/`;
   `--golden-update` records; a run with nothing recorded skips and prints the command that records.
 * pytest-xdist: each worker collects the same items and loads the target lazily on its first
-  check, once per worker. Results travel to the controller on the test reports (a
+  check, once per worker; its Context (fp32/fp64 references, exports) is shared by every check and
+  test in that worker, and nothing is shared between workers through files. Results travel to the controller on the test reports (a
   `diagnose_results` attribute that xdist serialises with the report); only the controller, or
   the single process without xdist, writes `reports/`. Metrics become JUnit XML properties.
 
@@ -26,9 +28,11 @@ import ast
 import collections
 import json
 import os
+import re
 import shlex
 import sys
 import types
+import weakref
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,7 +40,7 @@ import pytest
 
 from .errors import UsageError
 from .options import OPTION_DEFS, RunOptions, pyproject_defaults
-from .results import ERROR, FAIL, SEVERITY, SKIP, CheckResult
+from .results import ERROR, SEVERITY, SKIP, CheckResult
 
 #: Run options whose values do not change what a Context computes (kept out of its cache key).
 _NOT_CONTEXT = ("checks", "skip", "option", "report_dir", "format", "fail_on", "debug", "isolate", "timeout")
@@ -117,14 +121,20 @@ class _State:
         self.spec: str | None = config.getoption("diagnose_model")
         self.is_worker = hasattr(config, "workerinput")
         self._options: RunOptions | None = None
+        self._pyproject: dict[str, Any] | None = None
         self._targets: dict[tuple[Any, ...], Any] = {}
         self._contexts: collections.OrderedDict[tuple[Any, ...], Any] = collections.OrderedDict()
-        self._described: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
+        self._pinned: dict[tuple[Any, ...], Any] = {}
+        #: Training flags of each model as first seen (weak keys: no model is kept alive by this).
+        self._initial_training: weakref.WeakKeyDictionary[Any, dict[str, bool]] = weakref.WeakKeyDictionary()
+        self._described: dict[int, tuple[Any, dict[str, Any], dict[str, Any]]] = {}
         self.payloads: list[dict[str, Any]] = []
 
     # -- options ------------------------------------------------------------------------------
     def raw_options(self) -> dict[str, Any]:
-        raw: dict[str, Any] = dict(pyproject_defaults(self.config.rootpath))
+        if self._pyproject is None:
+            self._pyproject = dict(pyproject_defaults(self.config.rootpath))
+        raw: dict[str, Any] = dict(self._pyproject)
         for d in OPTION_DEFS:
             value = self.config.getoption("diagnose_" + d.name)
             if value is not None:
@@ -135,19 +145,20 @@ class _State:
     def options(self) -> RunOptions:
         """The session's RunOptions: [tool.diagnose] defaults, then --diagnose-* flags, then --golden-update."""
         if self._options is None:
-            options = RunOptions.from_mapping(self.raw_options())
-            if self.config.getoption("golden_update"):
-                options.option.setdefault(_GOLDEN, {})["update"] = True
-            self._options = options
+            self._options = self._build({}, {})
         return self._options
 
     def options_for(self, run_overrides: dict[str, Any], check_overrides: dict[str, dict[str, Any]]) -> RunOptions:
         """Session options with a test's marker applied on top."""
         if not run_overrides and not check_overrides:
             return self.options
-        raw = {**self.raw_options(), **run_overrides}
-        options = RunOptions.from_mapping(raw)
-        merged = {k: dict(v) for k, v in self.options.option.items()}
+        return self._build(run_overrides, check_overrides)
+
+    def _build(self, run_overrides: dict[str, Any], check_overrides: dict[str, dict[str, Any]]) -> RunOptions:
+        options = RunOptions.from_mapping({**self.raw_options(), **run_overrides})
+        merged = {k: dict(v) for k, v in options.option.items()}
+        if self.config.getoption("golden_update"):
+            merged.setdefault(_GOLDEN, {})["update"] = True
         for check_id, values in check_overrides.items():
             merged.setdefault(check_id, {}).update(values)
         options.option = merged
@@ -190,7 +201,7 @@ class _State:
 
         path, sep, factory = _split_factory(spec)
         candidate = Path(self.config.invocation_params.dir) / path
-        if not os.path.isabs(path) and candidate.exists():
+        if path and not os.path.isabs(path) and candidate.is_file():
             return str(candidate) + (sep + factory if sep else "")
         return spec
 
@@ -211,33 +222,41 @@ class _State:
 
     def context(self, target: Any, options: RunOptions) -> Any:
         """One Context per (model, options that matter to it) and process, so the fp32 reference,
-        fp64 copy and exports are built once however many tests and checks use them. A few are
-        kept (least recently used dropped) so per-test models do not pile up."""
+        fp64 copy and exports are built once however many tests and checks use them. Contexts of
+        --diagnose-model / spec targets live for the session; those of models a test builds itself
+        are kept a few at a time (least recently used dropped) so per-test models do not pile up."""
         from .context import Context
 
         fingerprint = tuple((k, repr(v)) for k, v in sorted(options.as_dict().items()) if k not in _NOT_CONTEXT)
         key = (id(target.model), fingerprint)
-        ctx = self._contexts.get(key)
+        pinned = any(t[1].model is target.model for t in self._targets.values() if t[0] == "ok")
+        store = self._pinned if pinned else self._contexts
+        ctx = store.get(key)
         if ctx is not None and ctx.target.model is target.model:
-            self._contexts.move_to_end(key)
+            if not pinned:
+                self._contexts.move_to_end(key)
             return ctx
-        sibling = next((c for (mid, _), c in self._contexts.items() if mid == id(target.model) and c.target.model is target.model), None)
+        initial = self._initial_training.get(target.model)
         ctx = Context(target, options)
-        if sibling is not None:  # the model as handed over: eval_mode judges that, not a later eval()'d one
-            ctx.initial_training = dict(sibling.initial_training)
-        self._contexts[key] = ctx
+        if initial is None:
+            self._initial_training[target.model] = dict(ctx.initial_training)
+        else:  # the model as handed over, before an earlier Context called eval(): eval_mode judges that
+            ctx.initial_training = dict(initial)
+        store[key] = ctx
         while len(self._contexts) > self.CONTEXTS_KEPT:
             self._contexts.popitem(last=False)
         return ctx
 
     def describe(self, ctx: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         """The target's description and the environment, once per Context (sent with each result)."""
-        if id(ctx) not in self._described:
+        entry = self._described.get(id(ctx))
+        if entry is None or entry[0]() is not ctx:
             from .environment import environment
             from .results import jsonable
 
-            self._described[id(ctx)] = (jsonable(ctx.target.describe()), jsonable(environment(ctx.device)))
-        return self._described[id(ctx)]
+            entry = (weakref.ref(ctx), jsonable(ctx.target.describe()), jsonable(environment(ctx.device)))
+            self._described[id(ctx)] = entry
+        return entry[1], entry[2]
 
     # -- running ------------------------------------------------------------------------------
     def run(self, check_id: str, target: Any, options: RunOptions, given: dict[str, Any], node: pytest.Item,
@@ -263,8 +282,9 @@ class _State:
             node.user_properties.append((name, value))
         return result
 
-    def failing(self, result: CheckResult) -> bool:
-        return SEVERITY[result.status] >= SEVERITY[self.options.fail_on] and result.status != SKIP
+    def failing(self, result: CheckResult, options: RunOptions | None = None) -> bool:
+        fail_on = (options or self.options).fail_on
+        return result.status != SKIP and SEVERITY[result.status] >= SEVERITY[fail_on]
 
     # -- commands shown to the user -----------------------------------------------------------
     def option_args(self, *, leave_out: tuple[str, ...] = ("checks", "skip", "report_dir", "format")) -> list[str]:
@@ -382,8 +402,11 @@ class CheckItem(pytest.Item):
             given.setdefault("record_command", state.record_command(self))
             if not os.path.isabs(given.get("dir", "__golden__")):
                 given["dir"] = str(Path(self.config.invocation_params.dir) / given.get("dir", "__golden__"))
-        result = state.run(self.check_id, target, options, given, self, generated=True)
-        _conclude(state, result)
+        try:
+            result = state.run(self.check_id, target, options, given, self, generated=True)
+        except UsageError as exc:
+            pytest.fail(f"torch-diagnose: {exc}", pytrace=False)
+        _conclude(state, result, options)
 
     def reportinfo(self) -> tuple[Any, int | None, str]:
         return self.path, 0, f"diagnose {self.spec} :: {self.check_id}"
@@ -397,20 +420,25 @@ def _skip(reason: str) -> None:
         pytest.skip(reason)
 
 
-def _conclude(state: _State, result: CheckResult, *, skip_on_skip: bool = True) -> CheckResult:
+def _conclude(state: _State, result: CheckResult, options: RunOptions, *, skip_on_skip: bool = True) -> CheckResult:
     """Turn a result into the test's outcome: skip, fail with the full explanation, or pass."""
     if result.status == SKIP and skip_on_skip:
         _skip(f"{result.check}: {result.summary}")
-    if state.failing(result):
+    if state.failing(result, options):
         pytest.fail(explain(result), pytrace=False)
     return result
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Add the generated items first, before -k/-m deselection sees the list (tryfirst)."""
+    """Add the generated items first, before -k/-m deselection sees the list (tryfirst).
+
+    Only when no test paths are named on the command line: `pytest --diagnose-model SPEC` runs the
+    checks; `pytest tests/test_model.py --diagnose-model SPEC` runs those tests with SPEC as their
+    diagnose_target. xdist workers receive the controller's arguments, so they decide the same.
+    """
     state = _state(config)
-    if not state.spec:
+    if not state.spec or config.args_source == pytest.Config.ArgsSource.ARGS:
         return
     from .registry import select_checks
 
@@ -477,13 +505,13 @@ class _Diagnoser:
             target = self.state.coerce(target, opts)
             given = {**opts.check_options(check_id), **options}
             if check_id == _GOLDEN:
-                given = self._golden_options(node, given, opts)
+                given = self._golden_options(node, given)
+            result = self.state.run(check_id, target, opts, given, node)
         except UsageError as exc:
             pytest.fail(f"torch-diagnose: {exc}", pytrace=False)
-        result = self.state.run(check_id, target, opts, given, node)
-        return _conclude(self.state, result, skip_on_skip=check_id == _GOLDEN)
+        return _conclude(self.state, result, opts, skip_on_skip=check_id == _GOLDEN)
 
-    def _golden_options(self, node: pytest.Item, given: dict[str, Any], opts: RunOptions) -> dict[str, Any]:
+    def _golden_options(self, node: pytest.Item, given: dict[str, Any]) -> dict[str, Any]:
         """One recording per test and call: `<test dir>/__golden__/<module>/<test>[.<name>][.<n>].pt`."""
         from .golden import golden_key
 
@@ -595,8 +623,8 @@ def _make_check_fixture(check_id: str, doc: str) -> Any:
         return _CheckCaller(request, check_id)
 
     fixture.__name__ = fixture.__qualname__ = f"check_{check_id}"
-    fixture.__doc__ = (f"`check_{check_id}(target=None, **options)` runs the `{check_id}` check on the diagnose_target; "
-                       f"fails the test on fail/error, returns the CheckResult otherwise.\n\n{doc}")
+    fixture.__doc__ = (f"{doc}\n\nUse: `check_{check_id}(target=None, **options)` runs the `{check_id}` check on the "
+                       f"diagnose_target (or `target`); fails the test on fail/error, returns the CheckResult otherwise.")
     return pytest.fixture(name=f"check_{check_id}")(fixture)
 
 
@@ -640,33 +668,84 @@ def _module_files(name: str) -> list[Path]:
     return []
 
 
+_DECORATOR = re.compile(r"^@(?:\w+\.)*register\(", re.M)
+_DEF = re.compile(r"^(?:async[ \t]+)?def[ \t]+\w+", re.M)
+_DOCSTRING = re.compile(r"[ \t]+[rRuU]?(\"\"\"|\'\'\')")
+
+
 def discover_checks() -> dict[str, str]:
     """check id -> documentation, read from `@register("id", ...)` decorators in the providers'
-    source with `ast` (no import, so no torch). Checks already imported are taken from the registry."""
+    source without importing them (so without torch). Checks already imported are taken from the
+    registry as well (those registered dynamically included)."""
     found: dict[str, str] = {}
     for provider in _providers():
         for path in _module_files(provider):
             try:
-                tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-            except (OSError, SyntaxError, UnicodeDecodeError):
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
                 continue
-            constants = {t.id: node.value for node in tree.body if isinstance(node, ast.Assign)
-                         and isinstance(node.value, ast.Constant) for t in node.targets if isinstance(t, ast.Name)}
-            for node in ast.walk(tree):
-                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                    for dec in node.decorator_list:
-                        entry = _register_call(dec, node, constants)
-                        if entry:
-                            found.setdefault(*entry)
+            for check_id, doc in _checks_in_source(text):
+                found.setdefault(check_id, doc)
     registry = sys.modules.get("diagnostics.registry")
-    if registry is not None:  # checks registered dynamically (already imported) get fixtures too
+    if registry is not None:
         for check_id, spec in getattr(registry, "_REGISTRY", {}).items():
             found.setdefault(check_id, _doc_with_options(spec.doc, [(o.name, o.type.__name__, repr(o.default), o.help) for o in spec.options]))
     return found
 
 
+def _checks_in_source(text: str) -> list[tuple[str, str]]:
+    """Parse only each `@register(...)` decorator with its function's signature and docstring: a
+    whole check module takes ~10x longer to parse, and this runs at every pytest start-up. A
+    snippet that does not parse falls back to parsing the whole file."""
+    entries = []
+    for match in _DECORATOR.finditer(text):
+        func_def = _DEF.search(text, match.end())
+        if func_def is None:
+            continue
+        quote = _DOCSTRING.search(text, func_def.end())
+        end = text.find(quote.group(1), quote.end()) + 3 if quote else -1
+        snippet = text[match.start():end] if end > 2 else text[match.start():func_def.end()]
+        try:
+            tree = ast.parse(snippet if end > 2 else snippet + "(): pass")
+        except SyntaxError:
+            return _checks_in_tree(text)
+        node = tree.body[0] if tree.body else None
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for dec in node.decorator_list:
+                entry = _register_call(dec, node, lambda name: _constant(text, name))
+                if entry:
+                    entries.append(entry)
+    return entries
+
+
+def _checks_in_tree(text: str) -> list[tuple[str, str]]:
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return []
+    entries = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for dec in node.decorator_list:
+                entry = _register_call(dec, node, lambda name: _constant(text, name))
+                if entry:
+                    entries.append(entry)
+    return entries
+
+
+def _constant(text: str, name: str) -> ast.expr | None:
+    """A module-level `NAME = literal` of the source, for option defaults given by name."""
+    match = re.search(rf"^{re.escape(name)}[ \t]*(?::[^=\n]+)?=[ \t]*(.+)$", text, re.M)
+    if not match:
+        return None
+    try:
+        return ast.parse(match.group(1).strip(), mode="eval").body
+    except SyntaxError:
+        return None
+
+
 def _register_call(dec: ast.expr, func: ast.FunctionDef | ast.AsyncFunctionDef,
-                   constants: dict[str, ast.Constant]) -> tuple[str, str] | None:
+                   constant: Callable[[str], ast.expr | None]) -> tuple[str, str] | None:
     if not isinstance(dec, ast.Call) or not dec.args:
         return None
     callee = dec.func
@@ -681,7 +760,7 @@ def _register_call(dec: ast.expr, func: ast.FunctionDef | ast.AsyncFunctionDef,
         if kw.arg == "options" and isinstance(kw.value, (ast.Tuple, ast.List)):
             for opt in kw.value.elts:
                 if isinstance(opt, ast.Call) and len(opt.args) >= 3:
-                    args = [ast.unparse(constants.get(a.id, a) if isinstance(a, ast.Name) else a) for a in opt.args[:4]]
+                    args = [ast.unparse((constant(a.id) or a) if isinstance(a, ast.Name) else a) for a in opt.args[:4]]
                     help_text = opt.args[3].value if len(opt.args) > 3 and isinstance(opt.args[3], ast.Constant) else ""
                     options.append((args[0].strip("'\""), args[1], args[2], str(help_text)))
     return first.value, _doc_with_options(doc, options)
@@ -746,7 +825,7 @@ def _write_reports(config: pytest.Config, state: _State, *, write_files: bool) -
     from .runner import RunReport
 
     options = state.options
-    payloads = sorted(state.payloads, key=lambda p: (not p["generated"], p["order"], p["result"].get("check", ""), p["nodeid"]))
+    payloads = _ordered(state.payloads)
     targets = {p["target"].get("name"): p["target"] for p in payloads}
     primary = payloads[0]
     report = RunReport(target=primary["target"], environment=primary["environment"], options=jsonable(options.as_dict()))
@@ -775,6 +854,12 @@ def _write_reports(config: pytest.Config, state: _State, *, write_files: bool) -
         rep.finish(report)
 
 
+def _ordered(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Generated checks first in the registry's order, then fixture results by test: the same order
+    however xdist distributed the work."""
+    return sorted(payloads, key=lambda p: (not p["generated"], p["order"] if p["generated"] else 0, p["nodeid"], p["order"]))
+
+
 def _file_reporters(options: RunOptions) -> list[Any]:
     try:
         from .report import file_reporters
@@ -789,7 +874,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         return
     tr = terminalreporter
     tr.section("torch-diagnose")
-    for p in state.payloads:
+    for p in _ordered(state.payloads):
         r = p["result"]
         where = "" if p["generated"] else f" ({p['nodeid']})"
         tr.write_line(f"{r['status'].upper():5} {r['check']}{where}: {r['summary']}"[:400])

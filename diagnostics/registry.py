@@ -46,11 +46,14 @@ class Option:
 class CheckOptions(dict):
     """Resolved options of one check; read them as attributes (`opts.repeats`)."""
 
+    def __getattribute__(self, name: str) -> Any:
+        # Option names win over dict methods: an option called `update` or `items` must read as its value.
+        if not name.startswith("_") and dict.__contains__(self, name):
+            return dict.__getitem__(self, name)
+        return super().__getattribute__(name)
+
     def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
+        raise AttributeError(f"no option {name!r}; options: {', '.join(self)}")
 
 
 @dataclass

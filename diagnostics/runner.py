@@ -179,12 +179,12 @@ def run(
     """Run the selected checks on `target` (a Target or a spec string) and return the RunReport."""
     from .context import Context
     from .environment import environment
-    from .target import Target, load_target
+    from .target import Target, load_target_for
 
     options = options or RunOptions()
     wall = time.perf_counter()
     if isinstance(target, str):
-        target = load_target(target, trust_pickle=options.trust_pickle, input_shape=options.input_shape, input_dtype=options.input_dtype)
+        target = load_target_for(target, options)
     assert isinstance(target, Target)
     if options.dynamic_dims and not target.dynamic_dims:
         target.dynamic_dims = options.dynamic_dims
@@ -249,12 +249,12 @@ def run_one(check_id: str, target: Any, options: RunOptions | None = None, conte
     """Run a single check (the Python API's and the pytest fixture's entry point)."""
     from .context import Context
     from .registry import get_check
-    from .target import load_target
+    from .target import load_target_for
 
     options = options or RunOptions()
     spec = get_check(check_id)
     if isinstance(target, str):
-        target = load_target(target, trust_pickle=options.trust_pickle, input_shape=options.input_shape, input_dtype=options.input_dtype)
+        target = load_target_for(target, options)
     ctx = context or Context(target, options)
     given = {**options.check_options(check_id), **check_options}
     spec.resolve_options(given)

@@ -404,3 +404,16 @@ def with_inputs(target: Target, example_inputs: Any) -> Target:
 
 
 __all__ = ["Target", "load_target", "coerce_target", "with_inputs", "DEFAULT_FACTORIES"]
+
+
+def load_target_for(spec: str, options: Any) -> Target:
+    """`load_target` with a run's options, under the run's seed (restoring the global RNG after).
+
+    A factory that does not seed itself still builds the same weights in the CLI, the pytest
+    plugin and an --isolate child, so golden recordings made by one face match the others.
+    """
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(options.seed)
+        return load_target(spec, trust_pickle=options.trust_pickle, input_shape=options.input_shape, input_dtype=options.input_dtype)
