@@ -22,7 +22,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -30,6 +30,7 @@ from diagnostics import fingerprint as fp
 from diagnostics import inputs as inp
 from diagnostics.compare import Comparison, Tolerance, compare, default_tolerance, eps
 from diagnostics.context import Context, num_threads
+from diagnostics.errors import UsageError
 from diagnostics.probe import ModuleRecorder, OpSpy, first_divergence, is_random_op, user_frame
 from diagnostics.registry import CheckOptions, Option, register
 from diagnostics.results import FAIL, PASS, WARN, CheckResult, SkipCheck
@@ -209,8 +210,14 @@ def localise_randomness(ctx: Context, seeds: tuple[int, int]) -> tuple[str | Non
 # =============================================================================================
 # Shared machinery of the family: tolerances, run configurations, localisation helpers
 
-#: An extra example-input run that `state_mutation` makes; `determinism` reuses it as a repeat.
+#: Runs `state_mutation` makes and the family reuses: a repeat on the example inputs (a repeat for
+#: `determinism`), and the example batch rolled by one (new content for state_mutation, the
+#: reordered batch for `batch_invariance`).
 _REPEAT_KEY = "determinism:repeat-output"
+_ROLLED_KEY = "determinism:rolled-batch-output"
+#: Sample 0 of the example batch run alone: `determinism` compares its other settings on it,
+#: `batch_invariance` reuses it as its first sample-alone run.
+_SAMPLE_KEY = "determinism:sample-0-output"
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _DIAG_DIR = os.path.dirname(os.path.abspath(fp.__file__))
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
@@ -251,8 +258,47 @@ class _Tol:
     source: str
 
 
+#: fp32 arithmetic is off from fp64 by ~1e-7..1e-5 of the output's scale; an fp32-vs-fp64 difference
+#: above this fraction means the fp64 copy computed something else (state changed between the runs,
+#: randomness), so its "calibration" would excuse real differences.
+_IMPLAUSIBLE_FP32_ERROR = 1e-3
+
+
+def _fallback_tolerances(reference: Any) -> dict[str, Tolerance]:
+    out: dict[str, Tolerance] = {}
+    for name, t in flatten(reference).items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel():
+            finite = t[torch.isfinite(t)]
+            scale = float(finite.abs().max()) if finite.numel() else 0.0
+            base = default_tolerance(t.dtype)
+            out[name] = Tolerance(max(base.rtol, 16 * eps(t.dtype)), max(base.atol, 64 * eps(t.dtype) * scale))
+    return out
+
+
+def _implausible_calibration(reference: Any, fp64: Any) -> list[str]:
+    """Leaves whose fp32-vs-fp64 difference is far beyond what rounding in their dtype produces."""
+    found = []
+    f64 = flatten(fp64) if fp64 is not None else {}
+    for name, t in flatten(reference).items():
+        r = f64.get(name)
+        if not (isinstance(t, torch.Tensor) and isinstance(r, torch.Tensor)) or not t.is_floating_point() or t.shape != r.shape or not t.numel():
+            continue
+        d = (t.detach().double() - r.detach().double()).abs()
+        d = d[torch.isfinite(d)]
+        finite = r[torch.isfinite(r)].double()
+        scale = float(finite.abs().max()) if finite.numel() else 0.0
+        limit = min(0.1, _IMPLAUSIBLE_FP32_ERROR * eps(t.dtype) / eps(torch.float32))
+        if d.numel() and scale > 0 and float(d.max()) > limit * scale:
+            found.append(f"`{name}` {float(d.max()):.3g} of max {scale:.3g}")
+    return found
+
+
 def _tolerances(ctx: Context) -> _Tol:
-    """ctx.tolerances() (fp32-vs-fp64 calibration), built once and only when a comparison is not bitwise."""
+    """ctx.tolerances() (fp32-vs-fp64 calibration), built once and only when a comparison is not bitwise.
+
+    Falls back to dtype-derived tolerances scaled by the output when there is no fp64 reference,
+    or when the fp32-vs-fp64 difference is too large to be rounding (then the calibration is void).
+    """
 
     def build() -> _Tol:
         error = None
@@ -262,17 +308,15 @@ def _tolerances(ctx: Context) -> _Tol:
             leaves, error = {}, f"{type(exc).__name__}: {exc}"
         if ctx.options.atol is not None or ctx.options.rtol is not None:
             return _Tol(leaves, "fixed by --atol/--rtol")
+        fallback = _fallback_tolerances(ctx.reference)
         if leaves:
-            return _Tol(leaves, "calibrated from the model's own fp32-vs-fp64 error (ctx.tolerances())")
+            implausible = _implausible_calibration(ctx.reference, ctx.fp64.outputs)
+            if not implausible:
+                return _Tol(leaves, "calibrated from the model's own fp32-vs-fp64 error (ctx.tolerances())")
+            error = ("the fp32-vs-fp64 difference is too large to be rounding (" + ", ".join(implausible[:3])
+                     + "): the fp64 copy computed something else (state changed between runs? randomness?)")
         error = error or ctx.fp64.error or "no floating-point outputs"
-        fallback: dict[str, Tolerance] = {}
-        for name, t in flatten(ctx.reference).items():
-            if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel():
-                finite = t[torch.isfinite(t)]
-                scale = float(finite.abs().max()) if finite.numel() else 0.0
-                base = default_tolerance(t.dtype)
-                fallback[name] = Tolerance(max(base.rtol, 16 * eps(t.dtype)), max(base.atol, 64 * eps(t.dtype) * scale))
-        return _Tol(fallback, f"fallback, no fp64 calibration ({error}): rtol 16 eps, atol 64 eps x max|output|")
+        return _Tol(fallback, f"fallback, no usable fp64 calibration ({error}): rtol 16 eps, atol 64 eps x max|output|")
 
     return ctx.cached("determinism:tolerances", build)
 
@@ -343,6 +387,23 @@ class _Config:
         return parts
 
 
+def _difference(base: _Config, other: _Config) -> str:
+    """`with grad enabled than under inference_mode`: only the settings that differ."""
+    modes = {"inference_mode": "under inference_mode", "no_grad": "under no_grad", "grad": "with grad enabled"}
+    this, that = [], []
+    if base.grad_mode != other.grad_mode:
+        this.append(modes[other.grad_mode])
+        that.append(modes[base.grad_mode])
+    if base.threads != other.threads:
+        current = torch.get_num_threads()
+        this.append(f"at {other.threads or current} thread{'s' if (other.threads or current) > 1 else ''}")
+        that.append(f"at {base.threads or current} thread{'s' if (base.threads or current) > 1 else ''}")
+    if base.layout != other.layout:
+        this.append(f"with {'channels_last/strided' if other.layout == 'auto' else other.layout} inputs")
+        that.append("with contiguous ones" if not base.layout else f"with {base.layout} inputs")
+    return f"{' and '.join(this) or 'in this run'} than {' and '.join(that) or 'in the reference run'}"
+
+
 class _NoGrad:
     """The model called under no_grad outside inference_mode (ctx.forward runs inside inference_mode)."""
 
@@ -409,6 +470,19 @@ def _relayout(inputs: Any, mode: str) -> tuple[Any, list[str]]:
         return t
 
     return map_leaves(inputs, change), changed
+
+
+def _named_inputs(changed: list[str], inputs: Any, model: torch.nn.Module) -> list[str]:
+    """`strided `[1]`` -> `strided `mask`` for tuple inputs, using forward's parameter names."""
+    if not isinstance(inputs, tuple):
+        return changed
+    names = inp.input_names(inputs, model)
+
+    def rename(match: re.Match) -> str:
+        i = int(match.group(1))
+        return f"`{names[i]}" if i < len(names) else match.group(0)
+
+    return [re.sub(r"`\[(\d+)\]", rename, text) for text in changed]
 
 
 class _ModuleStack:
@@ -668,7 +742,9 @@ def _pick_event(events: list[_Query], found: _Found | None) -> _Query | None:
 
 
 _BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
-_MUTATION = r"(?:\.(?:append|extend|insert|add|update|setdefault|pop|popitem|clear|remove|discard|appendleft|\w+_)\(|\[[^\]]*\]\s*[-+*/|&@]?=(?!=)|\s*[-+*/|&@]?=(?!=))"
+#: What follows `self.<attr>` on a line that mutates it: a mutating method call, an item assignment, an (augmented) assignment.
+_MUTATION = (r"(?:\.(?:append|extend|insert|add|update|setdefault|pop|popitem|clear|remove|discard|appendleft|\w+_)\("
+             r"|\[[^\]]*\]\s*[-+*/|&@]?=(?!=)|\s*[-+*/|&@]?=(?!=))")
 _SKIP_METHODS = {"__init__", "train", "eval", "reset_parameters", "extra_repr", "_load_from_state_dict", "__repr__"}
 
 
@@ -750,7 +826,8 @@ def _findings(model: torch.nn.Module, changes: list[fp.Change], per_call: bool, 
             parts = [f"{c.attr} {c.description}" for c in changes if c.owner == ch.owner and c.attr in _BN_STATS]
             desc = "running statistics updated: " + "; ".join(parts)
             if owner.training:
-                hint, location = _bn_training_hint(model, ch.owner, owner, "every forward updates its running statistics and normalises with the batch's own statistics")
+                effect = "every forward updates its running statistics and normalises with the batch's own statistics"
+                hint, location = _bn_training_hint(model, ch.owner, owner, effect)
             else:
                 hint, location = (f"module `{ch.owner}` ({type(owner).__name__}) updates its running statistics although it is in eval mode: "
                                   "its forward (or a caller) uses F.batch_norm(..., training=True) or momentum tricks; pass `training=self.training`"), None
@@ -784,19 +861,21 @@ def _findings(model: torch.nn.Module, changes: list[fp.Change], per_call: bool, 
     title="a forward pass changes no parameter, buffer or module attribute",
     order=5,
     options=(
-        Option("calls", int, 3, "forward calls to watch: the reference, a repeat, then fresh inputs of the same shape"),
+        Option("calls", int, 3, "forward calls to watch: the reference, a repeat, the batch rolled by one (new content, "
+               "same shape), then fresh random inputs"),
     ),
 )
 def state_mutation(ctx: Context, opts: CheckOptions) -> CheckResult:
     """A forward pass must not change parameters, buffers, or module attributes holding state.
 
-    Fingerprints the model (parameters, buffers, tensor attributes, lists/dicts/sets and what
-    they hold, plain objects' attributes, scalars) before the first call and after each of a few
-    calls (the reference run, a repeat, then fresh inputs of the same shape). Each mutated entry
-    is named by dotted path with how it changed ("grew from 0 to 3 items", "changed from 0 to 3",
-    "values changed by max abs X"); BatchNorm running statistics are traced to the module left in
-    training mode. A cache filled on the first call and unchanged after is a warning, not a failure.
-    Runs first in its family: the repeat it makes is reused by `determinism`.
+    Fingerprints the model (parameters, buffers, tensor attributes, lists/dicts/sets and what they
+    hold, plain objects' attributes, scalars) before the first call, after it, and after a few more
+    (a repeat, then the batch rolled by one: new content, same shape). Each mutated entry is named
+    by dotted path with how it changed ("grew from 0 to 3 items", "changed from 0 to 3", "values
+    changed by max abs X") and the line that changes it; BatchNorm running statistics are traced to
+    the module left in training mode. A cache filled on the first call and unchanged after is a
+    warning, not a failure.
+    Runs first in its family: `determinism` reuses its repeat and `batch_invariance` its rolled batch.
     """
     model = ctx.model
     n_calls = max(2, int(opts.calls))
@@ -807,20 +886,23 @@ def state_mutation(ctx: Context, opts: CheckOptions) -> CheckResult:
     else:
         ctx.reference
     snaps.append(fp.snapshot(model))
+    dim, _ = _batch_dim(ctx, None)
+    n = _batch_size(ctx.inputs, dim)
     for i in range(1, n_calls):
         if i == 1:
             out = ctx.forward()
             ctx.cached(_REPEAT_KEY, lambda: out)
+        elif i == 2 and n is not None and n > 1:  # new content, same shape: the batch rolled by one
+            perm = [(j + 1) % n for j in range(n)]
+            rolled = ctx.forward(_select(ctx.inputs, perm, dim, n))
+            ctx.cached(_ROLLED_KEY, lambda: (dim, n, perm, rolled))
         else:
             ctx.forward(inp.fresh_like(ctx.inputs, seed=ctx.options.seed + 1000 + i))
-        snaps.append(fp.snapshot(model))
+    snaps.append(fp.snapshot(model))  # after the last call: state that changes on later calls differs from snaps[1]
 
-    later: dict[str, fp.Change] = {}
-    for before, after in zip(snaps[1:-1], snaps[2:]):
-        for ch in fp.diff(before, after):
-            later.setdefault(ch.path, ch)
+    later = {ch.path: ch for ch in fp.diff(snaps[1], snaps[2])}
     first = {ch.path: ch for ch in fp.diff(snaps[0], snaps[1])}
-    overall = {ch.path: ch for ch in fp.diff(snaps[0], snaps[-1])}
+    overall = {ch.path: ch for ch in fp.diff(snaps[0], snaps[2])} if later else {}
     per_call_paths = list(later) + ([p for p in first if p not in later] if not first_call_watched else [])
     lazy_paths = [p for p in first if p not in later] if first_call_watched else []
     per_call = [overall.get(p) or later.get(p) or first[p] for p in per_call_paths]
@@ -839,7 +921,8 @@ def state_mutation(ctx: Context, opts: CheckOptions) -> CheckResult:
     details: dict[str, Any] = {"changes": [f.to_dict() for f in findings], "calls": n_calls,
                                "first_call_watched": first_call_watched}
     if snaps[0].summarized:
-        details["note"] = f"{snaps[0].summarized} large tensors were fingerprinted by checksum only (clone budget reached)"
+        details["note"] = (f"{snaps[0].summarized} large tensors were fingerprinted by a sample of {fp.SAMPLE_SIZE} elements, "
+                           "and their version counter (not every element)")
     if not findings:
         return CheckResult(
             status=PASS,
@@ -902,7 +985,7 @@ def localise_config(ctx: Context, base: _Config, other: _Config, row: _Row, inpu
     if found is not None:
         details["first_divergent_module"] = found.label()
         details["first_divergent_max_rel"] = found.max_rel
-    what = f"{other.describe()} than {base.describe()}"
+    what = _difference(base, other)
     size = f"max abs diff {row.max_abs:.3g}" + (f", outside {row.tolerance}" if row.tolerance else "")
     if event is not None:
         module = _submodule(model, event.module)
@@ -946,6 +1029,8 @@ def localise_config(ctx: Context, base: _Config, other: _Config, row: _Row, inpu
         Option("layouts", list, ["auto"], "input layouts to compare with contiguous inputs: auto (channels_last for 4-D/5-D, "
                "strided otherwise), channels_last, strided; empty skips"),
         Option("combine", bool, True, "compare threads and the first layout in one pass (split only when it does not match)"),
+        Option("one_sample", bool, True, "run the seed, grad-mode, thread and layout comparisons on sample 0 of the batch alone "
+               "(a 1-thread pass of a whole batch costs about cores x a forward); false uses the whole example batch"),
     ),
 )
 def determinism(ctx: Context, opts: CheckOptions) -> CheckResult:
@@ -954,7 +1039,10 @@ def determinism(ctx: Context, opts: CheckOptions) -> CheckResult:
     Bitwise: repeat runs, and runs under two global RNG seeds (no random op may run at inference).
     Bitwise or within tolerance: `torch.no_grad()` and grad-enabled runs against `inference_mode`
     (run as the seeded runs, split only when they differ), 1 thread against torch's thread count,
-    and channels_last / strided inputs against contiguous ones. Where kernels reorder sums the
+    and channels_last / strided inputs against contiguous ones (one pass with the thread change,
+    split only when it does not match). Repeats use the whole example batch against the reference;
+    the other comparisons run on sample 0 alone (shared with batch_invariance), which keeps the
+    1-thread pass cheap on many-core machines (`one_sample=false` uses the whole batch). Where kernels reorder sums the
     tolerance is calibrated from the model's own fp32-vs-fp64 error; details["comparisons"] says
     which comparisons were bitwise and which within tolerance. A random op is named with its
     module and line; a grad/thread/layout difference with the module and the line that branches on
@@ -976,43 +1064,48 @@ def determinism(ctx: Context, opts: CheckOptions) -> CheckResult:
         if not row.bitwise:
             random_rows.append(row)
 
+    # Grad modes, seeds, threads and layouts are compared on sample 0 alone (against sample 0 alone in
+    # the default settings, a run batch_invariance reuses): a 1-thread pass of the whole batch costs
+    # ~cores forwards, one sample of it ~cores/batch.
+    sample = _sample_zero(ctx) if opts.one_sample else None
+    probe_inputs, base_out = (sample[2], sample[3]) if sample is not None else (ctx.inputs, reference)
     modes = ("no_grad", "grad") if opts.grad_modes else ("inference_mode",)
     base_cfg = _Config()
     for seed, mode in zip(seeds, itertools.cycle(modes)):
         cfg = _Config(grad_mode=mode, seed=seed)
+        mode_text = "grad enabled" if mode == "grad" else mode
         out, error = None, None
         try:
-            out = _run(ctx, cfg)
+            out = _run(ctx, cfg, probe_inputs)
         except Exception as exc:
             if mode == "inference_mode":
                 raise
             error = f"{type(exc).__name__}: {exc}"
-        if out is not None and compare(out, reference, rtol=0.0, atol=0.0).passed:
-            rows.append(_Row(f"seed {seed} {cfg.describe().replace('under ', 'under ').strip()}", "bitwise", True, True, 0.0,
-                             covers=[f"seed {seed}"] + ([f"{mode} vs inference_mode"] if mode != "inference_mode" else [])))
+        if out is not None and compare(out, base_out, rtol=0.0, atol=0.0).passed:
+            rows.append(_Row(f"seed {seed} {cfg.describe()}", "bitwise", True, True, 0.0,
+                             covers=[f"seed {seed}"] + ([f"{mode_text} vs inference_mode"] if mode != "inference_mode" else [])))
             continue
-        pure = out if mode == "inference_mode" else _run(ctx, _Config(seed=seed))
-        row = _judge(ctx, f"seed {seed}", pure, reference, bitwise_only=True)
+        pure = out if mode == "inference_mode" else _run(ctx, _Config(seed=seed), probe_inputs)
+        row = _judge(ctx, f"seed {seed}", pure, base_out, bitwise_only=True)
         rows.append(row)
         if not row.bitwise:
             random_rows.append(row)
         if error is not None:
             grad_errors.append(f"{mode}: {error}")
         elif mode != "inference_mode":
-            grow = _judge(ctx, f"{mode} vs inference_mode (seed {seed})", out, reference if row.bitwise else pure)
+            grow = _judge(ctx, f"{mode_text} vs inference_mode (seed {seed})", out, base_out if row.bitwise else pure)
             grow.configs = (_Config(seed=seed), cfg)
             rows.append(grow)
 
     # threads and memory layouts: single passes, combined into one unless it does not match
     current = torch.get_num_threads()
-    other = _other_thread_count(int(opts.threads))
+    # intra-op threads only matter for CPU kernels
+    other = _other_thread_count(int(opts.threads)) if ctx.device is None or ctx.device.type == "cpu" else None
     layouts = [str(m).strip() for m in opts.layouts if str(m).strip() and str(m).strip().lower() not in ("none", "off")]
     for mode in layouts:
         if mode not in ("auto", "channels_last", "strided"):
-            from diagnostics import UsageError
-
             raise UsageError(f"determinism: unknown layout {mode!r}; use auto, channels_last or strided")
-    layout_probes = [(m, _relayout(ctx.inputs, m)[1]) for m in layouts]
+    layout_probes = [(m, _named_inputs(_relayout(probe_inputs, m)[1], probe_inputs, ctx.model)) for m in layouts]
     layout_probes = [(m, changed) for m, changed in layout_probes if changed]
     probes: list[tuple[str, _Config, list[tuple[str, _Config]]]] = []
     thread_label = f"threads {other} vs {current}" if other else ""
@@ -1026,30 +1119,34 @@ def determinism(ctx: Context, opts: CheckOptions) -> CheckResult:
     for mode, changed in layout_probes:
         probes.append((f"{', '.join(changed)} vs contiguous", _Config(layout=mode), []))
 
+    def attempt(cfg: _Config) -> Any:
+        return _run(ctx, cfg, probe_inputs)
+
     run_errors: list[tuple[str, _RunError]] = []
     for label, cfg, parts in probes:
         try:
-            out = _run(ctx, cfg)
+            out = attempt(cfg)
         except Exception as exc:
             if parts:  # find which of the combined settings breaks the model
                 for part_label, part_cfg in parts:
                     try:
-                        rows.append(_with_configs(_judge(ctx, part_label, _run(ctx, part_cfg), reference), base_cfg, part_cfg))
+                        rows.append(_with_configs(_judge(ctx, part_label, attempt(part_cfg), base_out), base_cfg, part_cfg))
                     except Exception as part_exc:
-                        run_errors.append((part_label, _explain_error(ctx, lambda c=part_cfg: _run(ctx, c), part_exc)))
+                        run_errors.append((part_label, _explain_error(ctx, lambda c=part_cfg: attempt(c), part_exc)))
             else:
-                run_errors.append((label, _explain_error(ctx, lambda c=cfg: _run(ctx, c), exc)))
+                run_errors.append((label, _explain_error(ctx, lambda c=cfg: attempt(c), exc)))
             continue
-        row = _with_configs(_judge(ctx, label, out, reference), base_cfg, cfg)
+        row = _with_configs(_judge(ctx, label, out, base_out), base_cfg, cfg)
         row.covers = [p for p, _ in parts]
-        if row.ok or not parts:
-            rows.append(row)
-            continue
         rows.append(row)
+        if row.ok or not parts:
+            continue
         for part_label, part_cfg in parts:  # the combined pass did not match: split it to name the cause
-            rows.append(_with_configs(_judge(ctx, part_label, _run(ctx, part_cfg), reference), base_cfg, part_cfg))
+            rows.append(_with_configs(_judge(ctx, part_label, attempt(part_cfg), base_out), base_cfg, part_cfg))
 
-    return _determinism_result(ctx, rows, random_rows, run_errors, grad_errors, seeds)
+    scope = (f"sample 0 of the batch run alone (batch dim {sample[0]}), against sample 0 alone under inference_mode"
+             if sample is not None else "the example inputs, against the reference")
+    return _determinism_result(ctx, rows, random_rows, run_errors, grad_errors, seeds, probe_inputs, scope)
 
 
 def _with_configs(row: _Row, base: _Config, other: _Config) -> _Row:
@@ -1057,8 +1154,21 @@ def _with_configs(row: _Row, base: _Config, other: _Config) -> _Row:
     return row
 
 
+def _sample_zero(ctx: Context) -> tuple[int, int, Any, Any] | None:
+    """(batch dim, batch size, sample 0's inputs, its output alone), built once per run; None for a batch of 1."""
+    dim, _ = _batch_dim(ctx, None)
+    n = _batch_size(ctx.inputs, dim)
+    if not n or n < 2:
+        return None
+    inputs = _select(ctx.inputs, [0], dim, n)
+    try:
+        return ctx.cached(_SAMPLE_KEY, lambda: (dim, n, inputs, ctx.forward(inputs)))
+    except Exception:  # a model that cannot run one sample: batch_invariance reports it; compare whole batches here
+        return None
+
+
 def _determinism_result(ctx: Context, rows: list[_Row], random_rows: list[_Row], run_errors: list[tuple[str, _RunError]],
-                        grad_errors: list[str], seeds: tuple[int, ...]) -> CheckResult:
+                        grad_errors: list[str], seeds: tuple[int, ...], probe_inputs: Any, scope: str) -> CheckResult:
     tol_rows = [r for r in rows if r.expected != "bitwise"]
     bit_rows = [r for r in rows if r.expected == "bitwise"]
     outside = [r for r in tol_rows if not r.ok]
@@ -1079,6 +1189,7 @@ def _determinism_result(ctx: Context, rows: list[_Row], random_rows: list[_Row],
     }
     details: dict[str, Any] = {
         "comparisons": [r.to_dict() for r in rows],
+        "compared_on": {"repeats": "the example inputs, against the reference", "seeds, grad modes, threads, layouts": scope},
         "bitwise": [r.comparison for r in bitwise_all],
         "within_tolerance": [r.comparison for r in within],
     }
@@ -1123,18 +1234,21 @@ def _determinism_result(ctx: Context, rows: list[_Row], random_rows: list[_Row],
             metrics.update(worst.comp.metrics())
         culprit, location, hint = None, None, f"outputs differ in `{worst.comparison}` beyond the calibrated tolerance"
         if worst.configs is not None:
-            culprit, location, hint, extra = localise_config(ctx, worst.configs[0], worst.configs[1], worst)
+            culprit, location, hint, extra = localise_config(ctx, worst.configs[0], worst.configs[1], worst, probe_inputs)
             details.update(extra)
         names = ", ".join(r.comparison for r in outside)
+        details["differences"] = {r.comparison: r.message for r in outside}
         return CheckResult(
             status=FAIL,
             summary=f"outputs differ beyond the calibrated tolerance in {len(outside)} comparison(s): {names} "
-            f"(worst max abs diff {worst.max_abs:.3g}; {worst.message})",
+            f"(worst max abs diff {worst.max_abs:.3g}, tolerance {worst.tolerance or 'default'})",
             culprit=culprit, location=location, hint=hint, metrics=metrics, details=details,
         )
     summary = (f"{len(rows)} comparisons: {len(bitwise_all)} bitwise identical ({', '.join(r.comparison for r in bitwise_all)})"
                + (f"; {len(within)} within the calibrated tolerance ("
                   + ", ".join(f"{r.comparison}: max abs {r.max_abs:.2g} within {r.tolerance}" for r in within) + ")" if within else ""))
+    if "sample 0" in scope:
+        summary += "; seeds, grad modes, threads and layouts compared on sample 0 alone"
     if grad_errors:
         return CheckResult(status=WARN, summary=summary + f"; the grad-mode runs could not run: {grad_errors[0]}",
                            hint="a forward with grad enabled failed after inference_mode runs (often an inference tensor cached on the "
@@ -1405,6 +1519,7 @@ def batch_invariance(ctx: Context, opts: CheckOptions) -> CheckResult:
         raise SkipCheck(f"no input tensor has a batch dimension {dim} ({dim_source}); give batch_dim if the inputs have one")
     synthesized = n == 1
     if synthesized:
+        ctx.reference  # a model that cannot run its own example is an error, not a skip
         batch = _concat([inputs, inp.fresh_like(inputs, seed=ctx.options.seed + 101)], dim, 1)
         try:
             reference = ctx.forward(batch)
@@ -1416,7 +1531,11 @@ def batch_invariance(ctx: Context, opts: CheckOptions) -> CheckResult:
         batch, reference = inputs, ctx.reference
     indices = _spread(n, int(opts.max_samples))
     singles: list[Any] = []
+    shared = ctx.peek(_SAMPLE_KEY) if not synthesized else None  # sample 0 alone, made by determinism
     for i in indices:
+        if i == 0 and shared is not None and shared[:2] == (dim, n):
+            singles.append(shared[3])
+            continue
         part = _select(batch, [i], dim, n)
         try:
             singles.append(ctx.forward(part))
@@ -1440,7 +1559,11 @@ def batch_invariance(ctx: Context, opts: CheckOptions) -> CheckResult:
     if opts.permute and n > 1:
         perm = [(j + 1) % n for j in range(n)]
         inverse = torch.argsort(torch.tensor(perm))
-        permuted = flatten(ctx.forward(_select(batch, perm, dim, n)))
+        shared = ctx.peek(_ROLLED_KEY) if not synthesized else None  # made by state_mutation
+        if shared is not None and shared[:3] == (dim, n, perm):
+            permuted = flatten(shared[3])
+        else:
+            permuted = flatten(ctx.forward(_select(batch, perm, dim, n)))
         actual = {name: permuted[name].index_select(d, inverse.to(permuted[name].device)) for name, d in leaf_dims.items()
                   if isinstance(permuted.get(name), torch.Tensor) and permuted[name].dim() > d}
         expected = {name: ref_flat[name] for name in leaf_dims}
@@ -1459,7 +1582,7 @@ def batch_invariance(ctx: Context, opts: CheckOptions) -> CheckResult:
         details["not_per_sample_outputs"] = unbatched
     if any(not r.bitwise for r in rows):
         details["tolerance_source"] = _tolerances(ctx).source
-    note = (f"the example batch has 1 sample: built a batch of 2 from it and a fresh random sample (fresh_like); " if synthesized else "")
+    note = ("the example batch has 1 sample: built a batch of 2 from it and a fresh random sample (fresh_like); " if synthesized else "")
     details["synthesized_batch"] = bool(synthesized)
     failing = [r for r in rows if not r.ok]
     if not failing:

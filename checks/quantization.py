@@ -733,7 +733,7 @@ def _mode_metrics(mode: _Mode) -> dict[str, Any]:
           order=45, default=False)  # opt-in: torchao import, export and calibration cost ~25-45 forwards (resnet18)
 def quantization(ctx: Context, opts: CheckOptions) -> CheckResult:
     """Int8 dynamic (Linear/LSTM/GRU) and static post-training quantization against fp32 (opt-in:
-    `--checks quantization` or `--checks precision`).
+    `--checks quantization` or `--checks all`).
 
     Static uses PT2E (torchao, XNNPACK quantizer) where the model exports, else FX; calibration
     comes from `Target.calibration` or is synthesised from the example (with a warning). Reports

@@ -144,8 +144,9 @@ def get_check(check_id: str) -> CheckSpec:
 def select_checks(include: list[str] | None = None, skip: list[str] | None = None) -> list[CheckSpec]:
     """Resolve ids or family names into an ordered list of checks.
 
-    With no `include`, every default (non opt-in) check is selected. Naming an opt-in check or its
-    family selects it. Unknown names are a usage error.
+    With no `include`, every default (non opt-in) check is selected. A family name selects its
+    default checks; an opt-in check (slow: torch_compile, quantization) runs when named by id or
+    with `all`. Unknown names are a usage error.
     """
     checks = load_checks()
     families = {spec.family for spec in checks.values()}
@@ -160,8 +161,8 @@ def select_checks(include: list[str] | None = None, skip: list[str] | None = Non
                 chosen |= {cid for cid, spec in checks.items() if name == "all" or spec.default}
             elif name in checks:
                 chosen.add(name)
-            elif name in families:
-                chosen |= {cid for cid, spec in checks.items() if spec.family == name}
+            elif name in families:  # a family brings its default checks; opt-in ones are named by id or `all`
+                chosen |= {cid for cid, spec in checks.items() if spec.family == name and (spec.default or not for_include)}
             else:
                 raise UsageError(
                     f"unknown check or family {name!r}; checks: {', '.join(checks)}; families: {', '.join(sorted(families))}"

@@ -255,6 +255,8 @@ def run_one(check_id: str, target: Any, options: RunOptions | None = None, conte
     spec = get_check(check_id)
     if isinstance(target, str):
         target = load_target_for(target, options)
+    if options.dynamic_dims and not target.dynamic_dims:
+        target.dynamic_dims = options.dynamic_dims
     ctx = context or Context(target, options)
     given = {**options.check_options(check_id), **check_options}
     spec.resolve_options(given)

@@ -47,3 +47,13 @@ def test_clean_torchvision_models_pass(name: str) -> None:
 
     result = run_check("eval_mode", Target(model, torch.randn(1, 3, 64, 64)))
     assert result.status == PASS, result.explain()
+
+
+def test_batchnorm_kept_training_by_a_block_override_names_the_override() -> None:
+    """The same fault batch_invariance and state_mutation trace to `block.norm` is named at its root here."""
+    from tests.models import determinism_family as fam
+
+    result = run_check("eval_mode", fam.bn_training_in_block())
+    assert result.status == FAIL
+    assert result.culprit == "block (StickyTrainBlock).train"
+    assert result.details["still_training_after_eval"][0] == "block.norm (BatchNorm1d)"

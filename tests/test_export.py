@@ -1,0 +1,271 @@
+"""Export family: torchscript, torch_export, onnx and torch_compile against eager, away from the example.
+
+Faulty models must fail in the checks where they break, naming the dimension or line; clean
+models must pass. Each test runs one check on a tiny model; resnet18 runs once, at 64x64.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+
+import pytest
+import torch
+import torchvision
+
+from diagnostics import FAIL, PASS, SKIP, WARN, Target
+from diagnostics.context import Context
+from diagnostics.options import RunOptions
+from diagnostics.registry import select_checks
+from diagnostics.runner import run, run_one
+from tests.models import export as em
+from tests.models import faulty
+
+
+def check(check_id: str, target, tmp_path=None, **opts):
+    if isinstance(target, tuple):
+        target = Target(*target)
+    import tempfile
+
+    options = RunOptions(device="cpu", report_dir=str(tmp_path) if tmp_path else tempfile.mkdtemp(prefix="export-test-"))
+    return run_one(check_id, target, options, **opts)
+
+
+def line_of(cls: type, text: str) -> str:
+    lines, start = inspect.getsourcelines(cls)
+    return f"export.py:{start + next(i for i, line in enumerate(lines) if text in line)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# torchscript
+
+
+def test_trace_freezing_a_data_dependent_branch_fails_with_the_line_and_a_repro(tmp_path) -> None:
+    r = check("torchscript", em.data_dependent_if(), tmp_path)
+    assert r.status == FAIL, r.explain()
+    assert r.culprit == "<root> (DataDependentIf)"
+    assert r.location.endswith(line_of(em.DataDependentIf, "if x.sum() > 0:"))
+    assert "negative values" in r.summary or "fresh values" in r.summary
+    assert "data-dependent branch" in r.hint and "if x.sum() > 0:" in r.hint
+    assert "torch.jit.script matches eager" in r.hint  # script keeps the branch
+    assert "deprecated" in r.hint and "torch.export" in r.hint
+    assert r.metrics["tracer_warnings"] == 1
+    bundle = tmp_path / "repro" / "torchscript"
+    assert {"inputs.npz", "expected.npz", "repro.py", "model.torchscript.pt"} <= set(os.listdir(bundle))
+    assert "counterexample" in r.details
+
+
+def test_trace_unrolling_a_loop_over_a_dimension_fails_naming_dim_and_sizes() -> None:
+    r = check("torchscript", em.loop_over_seq(), repro=False)
+    assert r.status == FAIL, r.explain()
+    assert r.culprit == "input `x` dim 1"
+    assert "traced at 10" in r.summary and "outputs differ by" in r.summary and "the trace raises" in r.summary
+    assert r.location.endswith(line_of(em.LoopOverSeq, "for i in range(x.size(1)):"))
+    assert "unrolled" in r.hint
+
+
+def test_trace_baking_a_size_with_int_fails_on_the_batch_dim() -> None:
+    r = check("torchscript", em.int_size(), repro=False)
+    assert r.status == FAIL, r.explain()
+    assert r.culprit == "input `x` dim 0 (batch)"
+    assert "batch dimension" in r.summary
+    assert "int(x.shape[0])" in r.hint and "Python number" in r.hint
+
+
+def test_trace_of_a_numpy_round_trip_fails_naming_numpy() -> None:
+    r = check("torchscript", em.numpy_round_trip(), repro=False)
+    assert r.status == FAIL, r.explain()
+    assert r.culprit == "<root> (NumpyRoundTrip)"
+    assert "NumPy" in r.hint and r.location.endswith(line_of(em.NumpyRoundTrip, "np.tanh"))
+
+
+def test_untraceable_outputs_are_a_failure_not_an_error() -> None:
+    r = check("torchscript", faulty.non_tensor_outputs())
+    assert r.status == FAIL, r.explain()
+    assert "non-tensor outputs" in r.summary and "`[1]` (str)" in r.summary
+    assert r.metrics["export_failed"] is True
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.export
+
+
+def test_export_of_data_dependent_branch_fails_in_plain_words() -> None:
+    r = check("torch_export", em.data_dependent_if())
+    assert r.status == FAIL, r.explain()
+    assert "tensor's value" in r.summary and "if x.sum() > 0:" in r.summary
+    assert r.location.endswith(line_of(em.DataDependentIf, "if x.sum() > 0:"))
+    assert r.culprit == "<root> (DataDependentIf)"
+    assert "torch.cond" in r.hint or "torch.where" in r.hint
+    assert r.metrics["failure_kind"] == "data-dependent"
+
+
+def test_export_keeping_an_undeclared_dim_static_warns_with_the_pinning_line() -> None:
+    r = check("torch_export", em.loop_over_seq())
+    assert r.status == WARN, r.explain()
+    assert r.culprit == "input `x` dim 1"
+    assert r.location.endswith(line_of(em.LoopOverSeq, "for i in range(x.size(1)):"))
+    assert "kept static" in r.summary and "exported at 10" in r.summary
+    assert r.metrics["kept_static"] == "x_dim1" and r.metrics["dynamic_ok"] == "batch"
+
+
+def test_export_of_a_declared_dynamic_dim_that_the_code_pins_fails() -> None:
+    r = check("torch_export", em.loop_over_seq_declared(), repro=False)
+    assert r.status == FAIL, r.explain()
+    assert r.culprit == "input `x` dim 1 (seq)"
+    assert "declared dynamic" in r.summary
+    assert "range(x.size(1))" in r.hint
+
+
+def test_export_with_batch_baked_in_fails_at_the_reshape() -> None:
+    r = check("torch_export", em.baked_batch())
+    assert r.status == FAIL, r.explain()
+    assert r.culprit == "input `x` dim 0 (batch)"
+    assert r.location.endswith(line_of(em.BakedBatch, "reshape(4, -1)"))
+    assert "reshape(x.shape[0], -1)" in r.hint
+
+
+def test_export_of_int_size_fails_naming_the_line() -> None:
+    r = check("torch_export", em.int_size(), repro=False)
+    assert r.status == FAIL, r.explain()
+    assert r.culprit == "input `x` dim 0 (batch)"
+    assert r.location.endswith(line_of(em.IntSize, "int(x.shape[0])"))
+
+
+def test_numpy_round_trip_exports_through_dynamo() -> None:
+    r = check("torch_export", em.numpy_round_trip())
+    assert r.status == PASS, r.explain()
+    assert r.metrics["strict"] is True and "strict=True" in r.hint
+
+
+def test_gru_sequence_length_kept_static_is_a_warning_naming_the_gru() -> None:
+    r = check("torch_export", em.gru_tagger())
+    assert r.status == WARN, r.explain()
+    assert r.culprit == "input `tokens` dim 1"
+    assert "gru (GRU)" in r.hint and "sequence length" in r.hint
+    assert r.metrics["dynamic_ok"] == "batch"
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX
+
+
+def test_onnx_names_the_first_diverging_operator_with_its_source_line(tmp_path) -> None:
+    r = check("onnx", em.topk_ties(), tmp_path)
+    assert r.status == FAIL, r.explain()
+    assert r.culprit.startswith("node_topk") and "(TopK)" in r.culprit
+    assert r.location.endswith(line_of(em.TopKTies, "topk(3"))
+    assert "first diverging ONNX operator" in r.summary
+    assert "tie" in r.hint
+    bundle = tmp_path / "repro" / "onnx"
+    assert {"model.onnx", "inputs.npz", "expected.npz", "repro.py"} <= set(os.listdir(bundle))
+    table = r.details["divergence_table"]
+    assert any(row["op"] == "Round" and not row["differs"] for row in table)  # the TopK input agrees
+
+
+def test_onnx_silently_static_batch_fails() -> None:
+    r = check("onnx", em.baked_batch())
+    assert r.status == FAIL, r.explain()
+    assert any("the ONNX graph fixes input `x` dim 0 at 4" in str(row) for row in [r.summary, r.details])
+    assert r.metrics["static_graph_inputs"] == "batch"
+    assert r.details["onnx_input_dims"]["x"][0] == 4
+
+
+def test_onnx_of_declared_seq_pinned_by_a_loop_fails() -> None:
+    r = check("onnx", em.loop_over_seq_declared(), repro=False)
+    assert r.status == FAIL, r.explain()
+    assert r.culprit == "input `x` dim 1 (seq)"
+    assert "Got invalid dimensions" in r.summary
+
+
+def test_onnx_export_failure_is_a_finding_with_the_line() -> None:
+    r = check("onnx", em.data_dependent_if())
+    assert r.status == FAIL, r.explain()
+    assert r.location.endswith(line_of(em.DataDependentIf, "if x.sum() > 0:"))
+    assert "ONNX export fails" in r.summary and "torch.where" in r.hint
+
+
+def test_onnx_skips_without_onnxruntime(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    r = check("onnx", em.dict_heads())
+    assert r.status == SKIP and "onnxruntime" in r.summary
+
+
+def test_onnx_keeps_named_dynamic_dims_and_publishes_a_variant() -> None:
+    model, x = em.conv_net()
+    ctx = Context(Target(model, x), RunOptions(device="cpu"))
+    r = run_one("onnx", ctx.target, ctx.options, context=ctx)
+    assert r.status == PASS, r.explain()
+    assert r.details["onnx_input_dims"]["x"] == ["batch", 3, "x_dim2", "x_dim3"]
+    variant = ctx.variants["onnxruntime"]
+    assert variant.verdict == PASS and variant.size_bytes > 0 and variant.max_error < 1e-4
+    out = variant.run(torch.randn(3, 3, 20, 24))
+    assert out.shape == (3, 5)
+    assert ctx.has_cached("export:torch_export")  # ONNX was translated from the shared program
+
+
+# ---------------------------------------------------------------------------------------------
+# Clean models
+
+
+@pytest.mark.parametrize("factory", [em.dict_heads, em.transformer_kwargs, em.conv_net])
+@pytest.mark.parametrize("check_id", ["torchscript", "torch_export", "onnx"])
+def test_clean_models_pass(check_id: str, factory) -> None:
+    r = check(check_id, factory())
+    assert r.status == PASS, r.explain()
+    assert r.metrics["cases_ok"] == r.metrics["cases"]
+
+
+def test_gru_tagger_trace_and_onnx_pass_at_every_length() -> None:
+    for check_id in ("torchscript", "onnx"):
+        r = check(check_id, em.gru_tagger())
+        assert r.status == PASS, r.explain()
+        assert r.metrics["dynamic_ok"] == "batch,tokens_dim1"
+
+
+def test_resnet18_family_passes_with_exports_shared() -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    target = Target(model, x)
+    ctx = Context(target, RunOptions(device="cpu"))
+    report = run(target, RunOptions(device="cpu", checks=["torchscript", "torch_export", "onnx"]), context=ctx)
+    statuses = {r.check: r.status for r in report.results}
+    assert statuses == {"torchscript": PASS, "torch_export": PASS, "onnx": PASS}, [r.explain() for r in report.results]
+    assert set(ctx.variants) == {"torchscript", "torch.export", "onnxruntime"}
+    assert all(v.size_bytes and v.size_bytes > 40e6 for v in ctx.variants.values())
+    onnx = report.result("onnx")
+    assert onnx.metrics["dynamic_ok"] == "batch,x_dim2,x_dim3"
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.compile (opt-in)
+
+
+def test_torch_compile_is_opt_in() -> None:
+    assert "torch_compile" not in {s.id for s in select_checks()}
+    assert "torch_compile" not in {s.id for s in select_checks(["export"])}  # a family brings its default checks
+    assert "torch_compile" in {s.id for s in select_checks(["export", "torch_compile"])}
+    assert "torch_compile" in {s.id for s in select_checks(["all"])}
+
+
+def test_torch_compile_counts_graph_breaks_with_their_line() -> None:
+    r = check("torch_compile", em.data_dependent_if(), backend="eager")
+    assert r.status == WARN, r.explain()
+    assert r.metrics["graph_breaks"] == 1 and r.metrics["cases_mismatch"] == 0
+    assert r.location.endswith(line_of(em.DataDependentIf, "if x.sum() > 0:"))
+    assert "Data-dependent branching" in r.summary
+
+
+def test_torch_compile_counts_recompiles_with_the_guard() -> None:
+    r = check("torch_compile", em.loop_over_seq(), backend="eager")
+    assert r.status == WARN, r.explain()
+    assert r.metrics["recompiles"] >= 2
+    assert r.culprit == "input `x` dim 1"
+    assert "size mismatch at index 1" in r.summary
+
+
+def test_torch_compile_clean_model_passes() -> None:
+    r = check("torch_compile", em.dict_heads(), backend="aot_eager")
+    assert r.status == PASS, r.explain()
+    assert r.metrics["graphs"] == 1 and r.metrics["graph_breaks"] == 0
