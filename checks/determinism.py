@@ -15,6 +15,7 @@ the calibrated tolerances, and the repeat run that `state_mutation` makes for `d
 """
 from __future__ import annotations
 
+import collections
 import inspect
 import itertools
 import math
@@ -136,16 +137,27 @@ def eval_mode(ctx: Context, opts: CheckOptions) -> CheckResult:
         names = ordered(handed_over)
         sensitive = [n for n in names if mode_sensitive(modules[n])]
         first = names[0]
-        kind = f"{len(sensitive)} change behaviour in training mode" if sensitive else "none of them changes behaviour"
+        kinds = collections.Counter(type(modules[n]).__name__ for n in sensitive)
+        kind_text = ", ".join(f"{count} {name}" for name, count in kinds.most_common(4)) or "none changes behaviour"
+        details = {"training_modules": [label(n) for n in names], "mode_sensitive": [label(n) for n in sensitive]}
+        if "" in handed_over:  # the whole model: one cause, one fix
+            return CheckResult(
+                status=FAIL,
+                summary=f"the model was handed over in training mode: {len(handed_over)} of {len(modules)} modules train "
+                f"(mode-sensitive: {kind_text})",
+                culprit=label(""),
+                hint="call `model.eval()` after loading the model and before serving it; torchvision builders and "
+                "freshly constructed modules start in training mode",
+                metrics=metrics, details=details,
+            )
         return CheckResult(
             status=FAIL,
-            summary=f"{len(handed_over)} of {len(modules)} modules are in training mode ({kind}): "
+            summary=f"{len(handed_over)} of {len(modules)} modules are in training mode (mode-sensitive: {kind_text}): "
             + ", ".join(label(n) for n in names[:5]) + (" ..." if len(names) > 5 else ""),
             culprit=label(first),
-            hint=(f"module `{first or '<root>'}` ({type(modules[first]).__name__}) is in training mode: call `model.eval()` after loading"
-                  + (" — it was set back by a `.train()` call on a submodule; call .eval() last" if "" not in handed_over else "")),
-            metrics=metrics,
-            details={"training_modules": [label(n) for n in names], "mode_sensitive": [label(n) for n in sensitive]},
+            hint=f"module `{first}` ({type(modules[first]).__name__}) is in training mode although the model is not: a `.train()` "
+            "call on a submodule set it back; call `model.eval()` last, after any such call",
+            metrics=metrics, details=details,
         )
     return CheckResult(status=PASS, summary=f"all {len(modules)} module(s) are in eval mode", metrics=metrics)
 

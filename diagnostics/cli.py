@@ -114,6 +114,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("diagnose: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `diagnose ... | head`: the reader left; the reports are already written
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
 
 
 def _run(spec: str, options: RunOptions, *, quiet: bool) -> int:

@@ -709,12 +709,7 @@ def _checks_in_source(text: str) -> list[tuple[str, str]]:
             tree = ast.parse(snippet if end > 2 else snippet + "(): pass")
         except SyntaxError:
             return _checks_in_tree(text)
-        node = tree.body[0] if tree.body else None
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            for dec in node.decorator_list:
-                entry = _register_call(dec, node, lambda name: _constant(text, name))
-                if entry:
-                    entries.append(entry)
+        entries += _registered(tree.body[:1], text)
     return entries
 
 
@@ -723,8 +718,13 @@ def _checks_in_tree(text: str) -> list[tuple[str, str]]:
         tree = ast.parse(text)
     except SyntaxError:
         return []
+    return _registered(ast.walk(tree), text)
+
+
+def _registered(nodes: Any, text: str) -> list[tuple[str, str]]:
+    """The (check id, documentation) of every `@register(...)`-decorated function among `nodes`."""
     entries = []
-    for node in ast.walk(tree):
+    for node in nodes:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             for dec in node.decorator_list:
                 entry = _register_call(dec, node, lambda name: _constant(text, name))

@@ -36,7 +36,10 @@ def test_model_handed_over_in_training_mode_fails_and_is_not_evaled_before() -> 
     model.train()
     result = run_check("eval_mode", Target(model, x))
     assert result.status == FAIL
-    assert result.culprit.startswith("block.drop") or result.culprit.startswith("block.norm")
+    assert result.culprit == "<root> (SmallNet)"  # one cause: the whole model was never switched to eval
+    assert "model.eval()" in result.hint
+    assert "1 Dropout" in result.summary and "1 BatchNorm1d" in result.summary
+    assert result.details["mode_sensitive"][:2] == ["block.drop (Dropout)", "block.norm (BatchNorm1d)"]
     assert result.metrics["training_at_handover"] == 7
 
 

@@ -64,14 +64,20 @@ class TerminalReporter:
         self.report_paths = list(report_paths) if report_paths is not None else None
         self._id_width = 0
         self._pending = False
+        self._closed = False
 
     # -- output helpers ----------------------------------------------------------------------
     def _print(self, text: str = "", end: str = "\n") -> None:
-        if self._pending:  # erase the transient "running ..." line first
-            self.stream.write("\r\033[K")
-            self._pending = False
-        self.stream.write(text + end)
-        self.stream.flush()
+        if self._closed:
+            return
+        try:
+            if self._pending:  # erase the transient "running ..." line first
+                self.stream.write("\r\033[K")
+                self._pending = False
+            self.stream.write(text + end)
+            self.stream.flush()
+        except BrokenPipeError:  # `diagnose ... | head`: stop printing, let the run and its reports finish
+            self._closed = True
 
     def _paint(self, status: str, text: str) -> str:
         return f"\033[{_COLORS[status]}m{text}\033[0m" if self.color and status in _COLORS else text
