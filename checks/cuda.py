@@ -166,7 +166,7 @@ def cuda_sync(ctx: Context, opts: CheckOptions) -> CheckResult:
     details["plot"] = {
         "kind": "barh", "title": "host-device sync points (calls per forward)",
         "x": [f"{p.op.split('.', 1)[-1]} @ {p.module_label}" for p in active[:20]],
-        "series": {"calls": [p.count for p in active[:20]]}, "xlabel": "calls", "ylabel": "", "logy": False,
+        "series": {"calls": [p.count for p in active[:20]]}, "xlabel": "", "ylabel": "calls", "logy": False,
     }
     return CheckResult(
         status=FAIL if opts.fail else WARN,

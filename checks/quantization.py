@@ -573,7 +573,7 @@ def _sensitivity_plot(mode: str, rows: list[_Sensitivity]) -> dict[str, Any]:
     shown = rows[:20]
     return {"kind": "barh", "title": f"int8 {mode}: SQNR with one layer quantized (shortest costs most)",
             "x": [r.label for r in shown], "series": {"SQNR (dB)": [r.sqnr_db if math.isfinite(r.sqnr_db) else 100.0 for r in shown]},
-            "xlabel": "output SQNR vs fp32 (dB)", "ylabel": "layer", "logy": False}
+            "xlabel": "layer", "ylabel": "output SQNR vs fp32 (dB)", "logy": False}
 
 
 def _keep_float_code(mode: _Mode, name: str) -> str:

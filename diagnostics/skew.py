@@ -602,7 +602,7 @@ def analyse(serving: Sequence[torch.Tensor], reference: Sequence[torch.Tensor], 
         out.details["plot"] = {
             "kind": "barh", "title": "how well each resize path reproduces the serving tensors (fit residual, lower is closer)",
             "x": [s.variant.label for s in srv.scores[:10]], "series": {"residual": [s.resid for s in srv.scores[:10]]},
-            "xlabel": "normalised residual", "ylabel": "resize path", "logy": False,
+            "xlabel": "resize path", "ylabel": "normalised residual", "logy": False,
         }
     out.findings.sort(key=lambda f: (not f.structural, PRIORITY.index(f.kind) if f.kind in PRIORITY else 99))
     return out

@@ -1,7 +1,9 @@
 """Figures for the HTML report, drawn from the `"plot"` convention in `CheckResult.details`.
 
 A check describes a plot as data, never draws it: `details["plot"]` is one dict or a list of dicts
-`{"kind": "line"|"bar"|"barh", "title", "x", "series": {name: [y, ...]}, "xlabel", "ylabel", "logy"}`.
+`{"kind": "line"|"bar"|"barh", "title", "x", "series": {name: [y, ...]}, "xlabel", "ylabel", "logy"}`:
+`x` and `xlabel` are the categories (or x values), `series` and `ylabel` the values, for every kind
+(a barh draws the categories down the y axis and the values along x).
 That keeps checks free of matplotlib and keeps the JSON report the complete record.
 
 matplotlib is imported here only, lazily, and through its object API (Figure + Agg canvas, no
@@ -92,8 +94,11 @@ def render_plot(spec: dict[str, Any]) -> str:
     if spec.get("logy"):
         (ax.set_xscale if kind == "barh" else ax.set_yscale)("log")
     ax.set_title(plot_title(spec, ""))
-    ax.set_xlabel(str(spec.get("xlabel") or ""))
-    ax.set_ylabel(str(spec.get("ylabel") or ""))
+    category_label, value_label = str(spec.get("xlabel") or ""), str(spec.get("ylabel") or "")
+    if kind == "barh":  # horizontal bars: categories run down the y axis, values along x
+        category_label, value_label = value_label, category_label
+    ax.set_xlabel(category_label)
+    ax.set_ylabel(value_label)
     ax.grid(True, alpha=0.3)
     if len(ys) > 1:
         ax.legend(fontsize="small")
