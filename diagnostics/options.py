@@ -197,7 +197,7 @@ class OptionDef:
 
 
 OPTION_DEFS: tuple[OptionDef, ...] = (
-    OptionDef("checks", "check ids or family names to run, comma-separated (default: every default check)", metavar="IDS"),
+    OptionDef("checks", "check ids or family names to run, comma-separated (default: every default check; a family brings its default checks; `all` adds the opt-in ones: quantization, torch_compile)", metavar="IDS"),
     OptionDef("skip", "check ids or families to leave out", metavar="IDS"),
     OptionDef("device", "where to run the model: cpu, cuda, cuda:N or auto (cuda when available)", "auto", parse_device),
     OptionDef("input_shape", "shape of a synthesised input when the target has no example inputs, e.g. 2,3,224,224", None, parse_input_shape, metavar="SHAPE"),
