@@ -156,3 +156,27 @@ def test_interrupt_keeps_partial_report(tmp_path) -> None:
     checks = [r["check"] for r in data["results"]]
     assert checks == ["eval_mode", "slow_check"]
     assert data["interrupted"] is True
+
+
+def test_closed_pipe_does_not_crash_and_keeps_the_exit_code(tmp_path) -> None:
+    """`diagnose ... | head -1`: the reader leaves early; the run, its reports and its exit code survive."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "diagnostics", "tests/models/faulty.py:functional_dropout", "--checks", "determinism",
+         "--report-dir", str(tmp_path), "--format", "json"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    proc.stdout.readline()
+    proc.stdout.close()  # like `head -1`
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 1, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err
+    assert json.loads((tmp_path / "diagnose.json").read_text())["summary"]["fail"] == 1
+
+
+def test_ci_runs_the_readme_test_command_verbatim() -> None:
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    command = ci.strip().splitlines()[-1]
+    assert command.startswith("python3 -m venv .venv") and "pytest" in command
+    assert f"```bash\n{command}\n```" in readme
