@@ -144,7 +144,7 @@ def benchmark(ctx: Context, opts: CheckOptions) -> CheckResult:
         "plot": [{
             "kind": "line", "title": "eager latency vs batch size", "x": list(per_batch),
             "series": {"p50 ms": [1e3 * st.p50 for st in per_batch.values()], "p99 ms": [1e3 * st.p99 for st in per_batch.values()]},
-            "xlabel": "batch size", "ylabel": "latency (ms)", "logy": False,
+            "xlabel": "batch size", "ylabel": "latency (ms)", "logy": False, "always": True,
         }],
     }
     if rows:
@@ -152,7 +152,7 @@ def benchmark(ctx: Context, opts: CheckOptions) -> CheckResult:
         timed = [r for r in rows if r.get("p50_ms") is not None]
         details["plot"].append({
             "kind": "barh", "title": f"p50 latency per variant at batch {example_batch}", "x": [r["variant"] for r in timed],
-            "series": {"p50 ms": [r["p50_ms"] for r in timed]}, "xlabel": "variant", "ylabel": "latency (ms)", "logy": False,
+            "series": {"p50 ms": [r["p50_ms"] for r in timed]}, "xlabel": "variant", "ylabel": "latency (ms)", "logy": False, "always": True,
         })
         metrics["recommended_variant"] = best["variant"] if best else "none"
         if best and best["variant"] != "eager":

@@ -323,7 +323,7 @@ def cuda_oom(ctx: Context, opts: CheckOptions) -> CheckResult:
     plot = {"kind": "line", "title": "peak memory vs batch size", "x": plot_x,
             "series": {"measured peak": [m.peak_bytes / mib for m in measured],
                        f"fit {format_bytes(fit.intercept)} + {format_bytes(fit.slope)}/sample": [fit.predict(b) / mib for b in plot_x]},
-            "xlabel": "batch size", "ylabel": "MiB", "logy": False}
+            "xlabel": "batch size", "ylabel": "MiB", "logy": False, "always": True}
     details["plot"] = plot
     per_sample = f"{format_bytes(deploy_peak)} at batch {deploy} ({format_bytes(fit.intercept)} fixed + {format_bytes(fit.slope)} per sample)"
 

@@ -349,3 +349,14 @@ def test_no_torch_or_matplotlib_on_import() -> None:
 def test_markdown_renders_an_empty_run() -> None:
     assert render_markdown(make_run(), final=False).startswith("# ⏳ diagnose tiny: no checks ran")
     assert "no check has finished yet" in HtmlWriter().render(make_run(), final=False)
+
+
+def test_plots_are_evidence_passing_checks_draw_only_informative_ones() -> None:
+    pytest.importorskip("matplotlib")
+    from diagnostics.report.plots import render_result_plots
+
+    spec = {"kind": "line", "title": "t", "x": [1, 2], "series": {"y": [1.0, 2.0]}, "xlabel": "x", "ylabel": "y"}
+    assert render_result_plots(CheckResult(check="a", status="pass", details={"plot": spec})) == []
+    drawn = render_result_plots(CheckResult(check="a", status="pass", details={"plot": {**spec, "always": True}}))
+    assert len(drawn) == 1 and drawn[0][1].startswith("data:image/png;base64,")
+    assert len(render_result_plots(CheckResult(check="a", status="fail", details={"plot": spec}))) == 1
