@@ -351,20 +351,16 @@ def _run_model(ctx: Context, outs: Sequence[Any]) -> Any:
 
 def _model_pass(ctx: Context, srv: list[Any], ref: list[Any], metrics: dict[str, Any], details: dict[str, Any]) -> dict[str, Any]:
     note: dict[str, Any] = {}
-    try:
-        ref_out = _run_model(ctx, ref)
-    except Exception as exc:
-        note["reference_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-        details["model"] = note
-        metrics["model_compared"] = False
-        return note
-    try:
-        srv_out = _run_model(ctx, srv)
-    except Exception as exc:
-        note["serving_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-        details["model"] = note
-        metrics["model_compared"] = False
-        return note
+    outputs: dict[str, Any] = {}
+    for side, tensors in (("reference", ref), ("serving", srv)):
+        try:
+            outputs[side] = _run_model(ctx, tensors)
+        except Exception as exc:
+            note[f"{side}_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            details["model"] = note
+            metrics["model_compared"] = False
+            return note
+    ref_out, srv_out = outputs["reference"], outputs["serving"]
     cmp = compare(srv_out, ref_out)
     metrics["model_compared"] = True
     metrics.update({f"output.{k}": v for k, v in cmp.metrics().items()})
