@@ -588,11 +588,7 @@ class ResizeVariant:
 
     def apply(self, img: Any) -> torch.Tensor:
         """The resampled image as float CHW in [0, 1] (uint8-rounded, as the real paths are)."""
-        import torchvision.transforms.v2.functional as F
-
-        g = self.geometry
-        t = to_uint8_chw(img)
-        return self.apply_chw(t)
+        return self.apply_chw(to_uint8_chw(img))
 
     def apply_chw(self, t: torch.Tensor) -> torch.Tensor:
         """Resample a uint8 CHW tensor; float CHW in [0, 1]."""

@@ -29,12 +29,9 @@ from typing import Any, Callable, ContextManager, Iterable
 import torch
 
 from . import inputs as inp
+from .probe import is_library_file
 from .tree import flatten, map_leaves
 
-_TORCH_DIR = os.path.dirname(torch.__file__)
-_OWN_DIR = os.path.dirname(os.path.abspath(__file__))
-_CHECKS_DIR = os.path.join(os.path.dirname(_OWN_DIR), "checks")
-_STDLIB_DIR = os.path.dirname(os.__file__)
 
 
 def _relpath(file: str) -> str:
@@ -45,17 +42,10 @@ def _relpath(file: str) -> str:
         return file
 
 
-_SKIP_DIRS = tuple(d + os.sep for d in (_TORCH_DIR, _OWN_DIR, _CHECKS_DIR))
 
 
 def _is_library(filename: str) -> bool:
-    """torch, this tool and the standard library (a separator ends each prefix: torchvision is not torch)."""
-    if filename.startswith("<"):
-        return True
-    path = os.path.abspath(filename)
-    if path.startswith(_SKIP_DIRS):
-        return True
-    return path.startswith(_STDLIB_DIR + os.sep) and "site-packages" not in path
+    return is_library_file(filename)
 
 
 def _call_site() -> str | None:

@@ -210,13 +210,20 @@ class OpEvent:
         return f"`{mod}` ({self.module_type}){loc}"
 
 
-_STDLIB_DIR = os.path.dirname(os.__file__)
+_STDLIB_DIR = os.path.dirname(os.__file__) + os.sep
+_CHECKS_DIR = os.path.join(os.path.dirname(_OWN_DIR.rstrip(os.sep)), "checks") + os.sep
 
 
-def _is_library_frame(filename: str, skip_dirs: tuple[str, ...]) -> bool:
-    if filename.startswith("<") or filename.startswith((_TORCH_DIR, _OWN_DIR, *skip_dirs)):
+def is_library_file(filename: str, skip_dirs: tuple[str, ...] = ()) -> bool:
+    """True for torch, this tool (diagnostics/ and checks/), the standard library and `skip_dirs`:
+    frames there are not where a user's model goes wrong. torchvision and other model libraries
+    in site-packages count as user code (each prefix ends with a separator: torchvision is not torch)."""
+    if filename.startswith("<"):
         return True
-    return filename.startswith(_STDLIB_DIR) and "site-packages" not in filename
+    path = os.path.abspath(filename)
+    if path.startswith((_TORCH_DIR, _OWN_DIR, _CHECKS_DIR, *skip_dirs)):
+        return True
+    return path.startswith(_STDLIB_DIR) and "site-packages" not in path
 
 
 def user_frame(skip_dirs: Iterable[str] = ()) -> traceback.FrameSummary | None:
@@ -225,7 +232,7 @@ def user_frame(skip_dirs: Iterable[str] = ()) -> traceback.FrameSummary | None:
     frame = sys._getframe(1)
     while frame is not None:
         filename = frame.f_code.co_filename
-        if not _is_library_frame(os.path.abspath(filename) if not filename.startswith("<") else filename, skip):
+        if not is_library_file(filename, skip):
             line = linecache.getline(filename, frame.f_lineno).strip()
             return traceback.FrameSummary(filename, frame.f_lineno, frame.f_code.co_name, line=line)
         frame = frame.f_back

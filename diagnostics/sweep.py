@@ -34,6 +34,7 @@ import torch
 
 from .compare import Comparison, Tolerance, calibrated_tolerances, compare
 from .inputs import input_names
+from .probe import is_library_file
 from .tree import flatten, iter_leaves, map_leaves
 
 #: (name, seed offset, kind, scale) of the value sets tried at the example shape: with the
@@ -43,10 +44,6 @@ VALUE_SETS: tuple[tuple[str, int, str, float], ...] = (
     ("negative values x0.1 (seed +2)", 2, "negative", 0.1),
 )
 
-_TORCH_DIR = os.path.dirname(torch.__file__)
-_OWN_DIR = os.path.dirname(os.path.abspath(__file__))
-_CHECKS_DIR = os.path.join(os.path.dirname(_OWN_DIR), "checks")
-_STDLIB_DIR = os.path.dirname(os.__file__)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,10 +246,7 @@ def user_location(exc: BaseException) -> str | None:
 
 
 def _is_library(filename: str) -> bool:
-    path = os.path.abspath(filename) if not filename.startswith("<") else filename
-    if path.startswith("<") or path.startswith((_TORCH_DIR, _OWN_DIR, _CHECKS_DIR)):
-        return True
-    return path.startswith(_STDLIB_DIR) and "site-packages" not in path
+    return is_library_file(filename)
 
 
 def _short(path: str) -> str:

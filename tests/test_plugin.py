@@ -8,7 +8,6 @@ subprocess). The models are tiny (tests/models/plugin.py, copied next to the gen
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET

@@ -1,7 +1,6 @@
 """Target specs (diagnostics/target.py): every accepted form, and a one-line fix for every bad one."""
 from __future__ import annotations
 
-import textwrap
 import warnings
 from pathlib import Path
 
