@@ -81,6 +81,7 @@ class Context:
         }
         self._cache: dict[str, Any] = {}
         self._eval_done = False
+        self._initial_buffers: dict[str, torch.Tensor] = {}
         #: Deployment variants built by checks, by name; the benchmark reuses them (never rebuilds).
         self.variants: dict[str, Variant] = {}
 
@@ -105,6 +106,9 @@ class Context:
             model.eval()
             if self.device is not None and self.device.type != "cpu":
                 model.to(self.device)
+            # Buffers before any forward: a model whose forward updates its buffers (running stats,
+            # moving averages) must not drift the fp64 reference built later (see `fp64`).
+            self._initial_buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
         return self.target.model
 
     @property
@@ -192,7 +196,13 @@ class Context:
 
         def build() -> Fp64Reference:
             try:
-                model64 = copy.deepcopy(self.model).to(torch.float64)
+                model64 = copy.deepcopy(self.model)
+                with torch.no_grad():
+                    for name, buffer in model64.named_buffers():
+                        initial = self._initial_buffers.get(name)
+                        if initial is not None and initial.shape == buffer.shape:
+                            buffer.copy_(initial)
+                model64 = model64.to(torch.float64)
                 inputs64 = inp.cast_floats(self.inputs, torch.float64)
                 outputs64 = self.forward(inputs64, model64)
                 return Fp64Reference(model64, inputs64, outputs64)

@@ -276,6 +276,14 @@ def test_ctx_tolerances_accept_a_model_that_only_reorders_its_sums(seed: int, wi
 
 def test_calibration_that_is_too_large_to_be_rounding_is_replaced_by_the_fallback() -> None:
     """A stateful model's fp64 copy computes something else; its "calibration" must not excuse differences."""
-    result = run_check("batch_invariance", fam.drifting_ema())
+    result = run_check("batch_invariance", fam.drifting_attribute())
     assert result.status == FAIL
     assert "too large to be rounding" in result.details["tolerance_source"]
+
+
+def test_fp64_reference_starts_from_the_buffers_before_any_forward() -> None:
+    """Buffers a forward updates (an EMA) do not drift the fp64 copy: the calibration stays genuine."""
+    result = run_check("batch_invariance", fam.drifting_ema())
+    assert result.status == FAIL
+    assert result.details["tolerance_source"].startswith("calibrated from the model's own fp32-vs-fp64 error")
+    assert "x.mean(0)" in result.hint

@@ -519,3 +519,21 @@ class DriftingNet(nn.Module):
 def drifting_ema() -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(0)
     return DriftingNet().eval(), torch.randn(4, 8)
+
+
+class DriftingShiftNet(nn.Module):
+    """Fault: a plain tensor attribute (not a buffer) that forward keeps shifting."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 4)
+        self.shift = torch.zeros(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.shift = 0.9 * self.shift + 0.1 * x.mean(0)  # fault: state updated at inference, outside the buffers
+        return self.fc(x - self.shift)
+
+
+def drifting_attribute() -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    return DriftingShiftNet().eval(), torch.randn(4, 8)
