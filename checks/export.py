@@ -497,7 +497,10 @@ def _publish(ctx: Context, name: str, check: str, built: Built, status: str, out
                             size_bytes=built.size_bytes, note=note))
 
 
-def _failed_build(check: str, artifact: str, built: Built, sweep: sw.Sweep, hint: str, culprit: str | None = None) -> CheckResult:
+def _failed_build(check: str, artifact: str, built: Built, sweep: sw.Sweep, hint: str, model: torch.nn.Module) -> CheckResult:
+    """An export that failed is a finding: the culprit is the module whose code the exporter stopped at."""
+    file, line = _parse_location(built.location)
+    culprit = _module_at(model, file, line)
     return CheckResult(
         status=FAIL,
         summary=f"{artifact} fails: {built.error}",
@@ -650,8 +653,6 @@ def torchscript(ctx: Context, opts: CheckOptions) -> CheckResult:
     built = ctx.cached("export:torchscript", lambda: _build_torchscript(ctx, sweep, bool(opts.script)))
     script_state = built.extra.get("script", "not tried")
     if not built.ok:
-        file, line = _parse_location(built.location)
-        culprit = _module_at(ctx.model, file, line)
         script_words = f"torch.jit.script: {script_state}"
         script_rows = None
         script_mod = built.extra.get("script_module")
@@ -662,7 +663,7 @@ def torchscript(ctx: Context, opts: CheckOptions) -> CheckResult:
                             if not s_out.failed and not s_out.failed_groups else "torch.jit.script runs but differs from eager or rejects sizes")
         hint = (("return only tensors from forward (strings, None and Python numbers belong outside the traced model); "
                  if built.error_kind == "outputs" else "") + f"torch.jit.trace cannot trace this model; {script_words}. " + DEPRECATION)
-        result = _failed_build("torchscript", "torch.jit.trace", built, sweep, hint, culprit)
+        result = _failed_build("torchscript", "torch.jit.trace", built, sweep, hint, ctx.model)
         result.details["script"] = script_state
         if script_rows is not None:
             result.details["script_sweep"] = script_rows
@@ -888,14 +889,12 @@ def torch_export(ctx: Context, opts: CheckOptions) -> CheckResult:
     sweep = get_sweep(ctx)
     built = ctx.cached("export:torch_export", lambda: _build_export(ctx, sweep))
     if not built.ok:
-        file, line = _parse_location(built.location)
-        culprit = _module_at(ctx.model, file, line)
         hint = {
             "data-dependent": "replace Python `if`/`while` on tensor values with torch.where, torch.cond or masking; "
                               "values that are really constants should be Python numbers, not tensors",
             "numpy": "keep the computation in torch ops (torch.tanh instead of np.tanh ...); NumPy calls cannot be captured",
         }.get(built.error_kind or "", "read the exporter's message in details.export_notes; torch.export.draft_export lists every problem at once")
-        return _failed_build("torch_export", "torch.export", built, sweep, hint, culprit)
+        return _failed_build("torch_export", "torch.export", built, sweep, hint, ctx.model)
     outcome = sw.evaluate(ctx, sweep, built.run, artifact="program")
     sites = built.extra.get("sites", {})
     findings = _judge_outcome(outcome, "program", sites)
@@ -1070,15 +1069,13 @@ def onnx_check(ctx: Context, opts: CheckOptions) -> CheckResult:
     sweep = get_sweep(ctx)
     built = ctx.cached("export:onnx", lambda: _build_onnx(ctx, sweep))
     if not built.ok:
-        file, line = _parse_location(built.location)
-        culprit = _module_at(ctx.model, file, line)
         hint = {
             "data-dependent": "the ONNX exporter goes through torch.export: replace Python `if` on tensor values with torch.where / torch.cond",
             "constraint": "a dimension that must stay dynamic is pinned by the code: see the torch_export check for the line",
             "checker": "the exported graph is invalid: update onnx/onnxscript/torch, or report it with the exporter's message",
             "outputs": "return only tensors from forward (move strings, None and Python numbers to a wrapper outside the export)",
         }.get(built.error_kind or "", "read the exporter's message; torch.onnx.export(..., report=True) writes a full report")
-        return _failed_build("onnx", "ONNX export", built, sweep, hint, culprit)
+        return _failed_build("onnx", "ONNX export", built, sweep, hint, ctx.model)
     outcome = sw.evaluate(ctx, sweep, built.run, artifact="ONNX model")
     ep_built: Built | None = built.extra.get("ep_built")
     sites = ep_built.extra.get("sites", {}) if ep_built is not None else {}
