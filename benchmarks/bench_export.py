@@ -39,10 +39,10 @@ if mode == "bare":
     out["forwards"] = T() - t
     out["n_shapes"] = len(shapes)
 else:
-    from diagnostics import Target
-    from diagnostics.context import Context
-    from diagnostics.options import RunOptions
-    from diagnostics.runner import run
+    from torch_diagnose import Target
+    from torch_diagnose.context import Context
+    from torch_diagnose.options import RunOptions
+    from torch_diagnose.runner import run
     target = Target(m, x)
     ctx = Context(target, RunOptions(device="cpu", report_dir="/tmp/exp/bench-reports"))
     t = time.perf_counter()

@@ -52,7 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with tempfile.TemporaryDirectory() as tmp:
-        diag_cmd = [sys.executable, "-m", "diagnostics", "demo", "--checks", args.checks, "--report-dir", tmp, "-q"]
+        diag_cmd = [sys.executable, "-m", "torch_diagnose", "demo", "--checks", args.checks, "--report-dir", tmp, "-q"]
         script_cmd = [sys.executable, "-c", HAND_WRITTEN]
         diag = [timed(diag_cmd, env) for _ in range(args.repeat)]
         hand = [timed(script_cmd, env) for _ in range(args.repeat)]
@@ -64,10 +64,10 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     import torch  # noqa: F401  (imported before timing: both sides pay it the same)
 
-    from diagnostics.options import RunOptions
-    from diagnostics.report import file_reporters
-    from diagnostics.runner import run
-    from diagnostics.target import load_target
+    from torch_diagnose.options import RunOptions
+    from torch_diagnose.report import file_reporters
+    from torch_diagnose.runner import run
+    from torch_diagnose.target import load_target
 
     t0 = time.perf_counter()
     target = load_target("demo")

@@ -11,12 +11,12 @@ from typing import Any, Callable
 
 import torch
 
-from diagnostics import inputs as inp
-from diagnostics.compare import compare
-from diagnostics.context import Context, Variant, num_threads
-from diagnostics.registry import CheckOptions, Option, register
-from diagnostics.results import FAIL, PASS, CheckResult
-from diagnostics.timing import TimingStats, cuda_sync_for, measure
+from torch_diagnose import inputs as inp
+from torch_diagnose.compare import compare
+from torch_diagnose.context import Context, Variant, num_threads
+from torch_diagnose.registry import CheckOptions, Option, register
+from torch_diagnose.results import FAIL, PASS, CheckResult
+from torch_diagnose.timing import TimingStats, cuda_sync_for, measure
 
 #: Verdicts of the judging check under which a variant may be recommended.
 RECOMMENDABLE = ("pass", "warn")

@@ -30,10 +30,10 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from diagnostics import inputs as inp
-from diagnostics.context import Context
-from diagnostics.registry import CheckOptions, Option, register
-from diagnostics.results import FAIL, PASS, WARN, CheckResult, SkipCheck
+from torch_diagnose import inputs as inp
+from torch_diagnose.context import Context
+from torch_diagnose.registry import CheckOptions, Option, register
+from torch_diagnose.results import FAIL, PASS, WARN, CheckResult, SkipCheck
 
 from ._hints import short_location
 
@@ -87,7 +87,7 @@ def op_text(op: str) -> str:
 
 
 def _sync_hint(point: Any) -> str:
-    from diagnostics.sync import HINTS
+    from torch_diagnose.sync import HINTS
 
     what = op_text(point.op)
     code = f" (`{point.event.code}`)" if point.event.code else ""
@@ -120,7 +120,7 @@ def cuda_sync(ctx: Context, opts: CheckOptions) -> CheckResult:
     ops found are those that would sync on a GPU. Sync points are a warning (option `fail` makes
     them a failure); `allow` accepts known ones, e.g. `allow=nonzero` for detection models.
     """
-    from diagnostics.sync import SyncSpy, matches_allow
+    from torch_diagnose.sync import SyncSpy, matches_allow
 
     model = ctx.model
     inputs = ctx.fresh_inputs()
@@ -184,7 +184,7 @@ def cuda_sync(ctx: Context, opts: CheckOptions) -> CheckResult:
 
 
 def _size_option(value: Any) -> int | None:
-    from diagnostics.options import parse_size
+    from torch_diagnose.options import parse_size
 
     if value is None or value == "":
         return None
@@ -206,7 +206,7 @@ _MAX_REAL_RUN_BYTES = 2 * 1024**3
 def _measure_batches(ctx: Context, batches: list[int], on_cuda: bool) -> tuple[list[Any], list[str]]:
     """Peak per batch: CUDA statistics on a GPU; on CPU a real tracked run for small batches and fake
     tensors (falling back to a real run) above the example's batch."""
-    from diagnostics.memory import fit_linear, measure_peak_cuda, measure_peak_dispatch, measure_peak_fake, resize_batch
+    from torch_diagnose.memory import fit_linear, measure_peak_cuda, measure_peak_dispatch, measure_peak_fake, resize_batch
 
     model = ctx.model
     example = _needs_batch(ctx)
@@ -219,7 +219,7 @@ def _measure_batches(ctx: Context, batches: list[int], on_cuda: bool) -> tuple[l
             try:
                 measured.append(measure_peak_cuda(model, x, batch=batch))
             except Exception as exc:
-                from diagnostics.memory import free_cuda_memory, is_oom
+                from torch_diagnose.memory import free_cuda_memory, is_oom
 
                 if not is_oom(exc):
                     raise
@@ -270,7 +270,7 @@ def cuda_oom(ctx: Context, opts: CheckOptions) -> CheckResult:
     `torch.OutOfMemoryError`) under the budget confirms it. A CPU figure is an estimate: it leaves out
     the CUDA context, cuDNN/cuBLAS workspaces and allocator fragmentation, so a margin is applied.
     """
-    from diagnostics.memory import fit_linear, format_bytes
+    from torch_diagnose.memory import fit_linear, format_bytes
 
     on_cuda = ctx.device is not None and ctx.device.type == "cuda"
     example = _needs_batch(ctx)
@@ -409,7 +409,7 @@ def _peak_module(ctx: Context, measured: list[Any], deploy_m: Any | None) -> str
     found = (deploy_m.peak_module if deploy_m else "") or next((m.peak_module for m in measured if m.peak_module), "")
     if found:
         return found
-    from diagnostics.memory import free_cuda_memory, is_oom, measure_peak_dispatch
+    from torch_diagnose.memory import free_cuda_memory, is_oom, measure_peak_dispatch
 
     try:
         return measure_peak_dispatch(ctx.model, ctx.inputs, batch=0, run=lambda m, xi: ctx.forward(xi, m)).peak_module
@@ -422,12 +422,12 @@ def _peak_module(ctx: Context, measured: list[Any], deploy_m: Any | None) -> str
 
 def _confirm_on_cuda(ctx: Context, budget: int, deploy: int, estimate: int | None, max_batch: int) -> Any:
     """The real search on CUDA under a per-process memory fraction equal to the budget."""
-    from diagnostics.memory import cuda_try, memory_fraction, resize_batch, search_max_batch
+    from torch_diagnose.memory import cuda_try, memory_fraction, resize_batch, search_max_batch
 
     def make(batch: int) -> Any:
         return resize_batch(ctx.inputs, batch, ctx.batch_dim)
 
-    from diagnostics.memory import free_cuda_memory, model_bytes
+    from torch_diagnose.memory import free_cuda_memory, model_bytes
 
     start = max(1, min(deploy, estimate or deploy))
     # Other things this run keeps on the device (the fp64 copy, reference outputs) are not the deployment's:
@@ -561,7 +561,7 @@ class _GrowthRun:
 
 def _growth_run(ctx: Context, model: torch.nn.Module, calls: int, grad: bool) -> _GrowthRun:
     """Retained bytes after each call (outputs dropped), with fresh inputs each call."""
-    from diagnostics.memory import LiveBytesTracker
+    from torch_diagnose.memory import LiveBytesTracker
 
     tracker = LiveBytesTracker(model, record_sites=True)
     run = _GrowthRun([], [], [])
@@ -620,7 +620,7 @@ def memory_growth(ctx: Context, opts: CheckOptions) -> CheckResult:
     `torch.inference_mode()`). The module attribute or global holding the tensors is named, with the
     line that stores into it.
     """
-    from diagnostics.memory import format_bytes
+    from torch_diagnose.memory import format_bytes
 
     calls = max(3, int(opts.calls))
     on_cuda = ctx.device is not None and ctx.device.type == "cuda"
@@ -806,7 +806,7 @@ def _to_cpu(obj: Any) -> Any:
 
 
 def _uses_sdpa(model: torch.nn.Module, inputs: Any, forward: Callable[[Any], Any]) -> bool:
-    from diagnostics.probe import OpSpy
+    from torch_diagnose.probe import OpSpy
 
     with OpSpy(model, lambda name: "scaled_dot_product" in name or "_efficient_attention" in name or "flash_attention" in name) as spy:
         forward(inputs)
@@ -829,8 +829,8 @@ def device_parity(ctx: Context, opts: CheckOptions) -> CheckResult:
     deterministic and benchmark off, and on each SDPA backend, one at a time: the setting that brings
     the outputs back within tolerance is reported, and the first module that diverges is named.
     """
-    from diagnostics.compare import calibrated_tolerances, compare, ratio_rule
-    from diagnostics.probe import ModuleRecorder, first_divergence
+    from torch_diagnose.compare import calibrated_tolerances, compare, ratio_rule
+    from torch_diagnose.probe import ModuleRecorder, first_divergence
 
     cuda_out = _to_cpu(ctx.reference)
     cpu_model = copy.deepcopy(ctx.model).to("cpu")
@@ -955,7 +955,7 @@ def cuda_timing(ctx: Context, opts: CheckOptions) -> CheckResult:
     loop_unsynced = (time.perf_counter() - t0) / n
     torch.cuda.synchronize(device)
     # 3: each call synchronised (diagnostics.timing: warm-up, adaptive repetitions)
-    from diagnostics.timing import cuda_sync_for, measure
+    from torch_diagnose.timing import cuda_sync_for, measure
 
     stats = measure(lambda: ctx.forward(), sync=cuda_sync_for(device), min_samples=n)
     # 4: CUDA events

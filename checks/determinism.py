@@ -27,15 +27,15 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from diagnostics import fingerprint as fp
-from diagnostics import inputs as inp
-from diagnostics.compare import Comparison, Tolerance, compare, default_tolerance, eps
-from diagnostics.context import Context, num_threads
-from diagnostics.errors import UsageError
-from diagnostics.probe import ModuleRecorder, OpSpy, first_divergence, is_random_op, user_frame
-from diagnostics.registry import CheckOptions, Option, register
-from diagnostics.results import FAIL, PASS, WARN, CheckResult, SkipCheck
-from diagnostics.tree import flatten, map_leaves
+from torch_diagnose import fingerprint as fp
+from torch_diagnose import inputs as inp
+from torch_diagnose.compare import Comparison, Tolerance, compare, default_tolerance, eps
+from torch_diagnose.context import Context, num_threads
+from torch_diagnose.errors import UsageError
+from torch_diagnose.probe import ModuleRecorder, OpSpy, first_divergence, is_random_op, user_frame
+from torch_diagnose.registry import CheckOptions, Option, register
+from torch_diagnose.results import FAIL, PASS, WARN, CheckResult, SkipCheck
+from torch_diagnose.tree import flatten, map_leaves
 
 from ._hints import short_location
 
@@ -1381,7 +1381,7 @@ def _op_tape(model: torch.nn.Module, scope: str) -> Any:
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_flatten
 
-    from diagnostics.probe import op_base_name
+    from torch_diagnose.probe import op_base_name
 
     class Tape(TorchDispatchMode):
         def __init__(self) -> None:

@@ -30,12 +30,12 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from diagnostics import sweep as sw
-from diagnostics.context import Context, Variant
-from diagnostics.inputs import as_args_kwargs, call_model
-from diagnostics.registry import CheckOptions, Option, register
-from diagnostics.results import FAIL, PASS, WARN, CheckResult, SkipCheck
-from diagnostics.tree import flatten, map_leaves
+from torch_diagnose import sweep as sw
+from torch_diagnose.context import Context, Variant
+from torch_diagnose.inputs import as_args_kwargs, call_model
+from torch_diagnose.registry import CheckOptions, Option, register
+from torch_diagnose.results import FAIL, PASS, WARN, CheckResult, SkipCheck
+from torch_diagnose.tree import flatten, map_leaves
 
 from ._hints import short_location
 
@@ -438,7 +438,7 @@ def _counterexample(ctx: Context, opts: CheckOptions, sweep: sw.Sweep, outcome: 
     failing = _first_mismatch(outcome)
     if failing is None:
         return None, None
-    from diagnostics import repro
+    from torch_diagnose import repro
 
     cex = None
     if opts.shrink:
@@ -940,7 +940,7 @@ def _build_onnx(ctx: Context, sweep: sw.Sweep) -> Built:
     import onnx
     import onnxruntime as ort
 
-    from diagnostics import onnx_tools
+    from torch_diagnose import onnx_tools
 
     built = Built("onnx")
     inputs = sweep.export_inputs
@@ -1134,7 +1134,7 @@ def _onnx_divergence(ctx: Context, sweep: sw.Sweep, built: Built, case: sw.Sweep
     try:
         import onnxruntime as ort
 
-        from diagnostics import onnx_tools
+        from torch_diagnose import onnx_tools
 
         prog = built.extra["program"]
         ep = getattr(prog, "exported_program", None)

@@ -23,14 +23,14 @@ from typing import Any
 
 import torch
 
-from diagnostics import golden as store
-from diagnostics.compare import compare
-from diagnostics.context import Context
-from diagnostics.errors import TargetError
-from diagnostics.inputs import to_device
-from diagnostics.probe import ModuleRecorder, first_divergence, module_label
-from diagnostics.registry import CheckOptions, Option, register
-from diagnostics.results import ERROR, FAIL, PASS, WARN, CheckResult, SkipCheck
+from torch_diagnose import golden as store
+from torch_diagnose.compare import compare
+from torch_diagnose.context import Context
+from torch_diagnose.errors import TargetError
+from torch_diagnose.inputs import to_device
+from torch_diagnose.probe import ModuleRecorder, first_divergence, module_label
+from torch_diagnose.registry import CheckOptions, Option, register
+from torch_diagnose.results import ERROR, FAIL, PASS, WARN, CheckResult, SkipCheck
 
 from ._hints import short_location
 
@@ -76,7 +76,7 @@ def _submodule(model: torch.nn.Module, name: str) -> torch.nn.Module | None:
 
 
 def _environment_now(ctx: Context) -> dict[str, Any]:
-    from diagnostics.environment import environment
+    from torch_diagnose.environment import environment
 
     env = environment(ctx.device)
     env["deterministic_algorithms"] = torch.are_deterministic_algorithms_enabled()
@@ -278,7 +278,7 @@ def _explain_move(ctx: Context, recording: store.Recording, inputs: Any, weight_
 
 
 def _fresh_model(ctx: Context) -> torch.nn.Module:
-    from diagnostics.target import Target
+    from torch_diagnose.target import Target
 
     factory = ctx.target.factory
     assert factory is not None

@@ -36,16 +36,16 @@ from typing import Any, Callable
 
 import torch
 
-from diagnostics import inputs as inp
-from diagnostics.compare import Comparison, RatioVerdict, compare, eps, ratio_rule, rmse
-from diagnostics.context import Context, Variant
-from diagnostics.layers import (
+from torch_diagnose import inputs as inp
+from torch_diagnose.compare import Comparison, RatioVerdict, compare, eps, ratio_rule, rmse
+from torch_diagnose.context import Context, Variant
+from torch_diagnose.layers import (
     LayerError, ModuleRange, RaiseSite, error_plot, error_table, pick_local_culprit, record_io, record_ranges,
     run_locating_raise,
 )
-from diagnostics.registry import CheckOptions, Option, register
-from diagnostics.results import FAIL, PASS, WARN, CheckResult
-from diagnostics.tree import flatten
+from torch_diagnose.registry import CheckOptions, Option, register
+from torch_diagnose.results import FAIL, PASS, WARN, CheckResult
+from torch_diagnose.tree import flatten
 
 WAYS = ("autocast", "cast")
 #: The ratio rule's multiplier (see the module docstring for how it was chosen).
@@ -451,7 +451,7 @@ def check_precision(ctx: Context, opts: CheckOptions, dtype: torch.dtype) -> Che
     ways = [w for w in (str(w).strip().lower() for w in opts.ways) if w]
     unknown = [w for w in ways if w not in WAYS]
     if unknown or not ways:
-        from diagnostics.errors import UsageError
+        from torch_diagnose.errors import UsageError
 
         raise UsageError(f"{name}.ways: unknown way {unknown[0] if unknown else '(none)'!r}; use autocast and/or cast")
     ref32 = ctx.reference

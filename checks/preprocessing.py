@@ -14,14 +14,14 @@ from typing import Any, Sequence
 
 import torch
 
-from diagnostics import images as im
-from diagnostics import skew
-from diagnostics.compare import compare
-from diagnostics.context import Context, num_threads
-from diagnostics.inputs import concat_batch, select_batch
-from diagnostics.registry import CheckOptions, Option, register
-from diagnostics.results import FAIL, PASS, WARN, CheckResult, SkipCheck
-from diagnostics.tree import flatten
+from torch_diagnose import images as im
+from torch_diagnose import skew
+from torch_diagnose.compare import compare
+from torch_diagnose.context import Context, num_threads
+from torch_diagnose.inputs import concat_batch, select_batch
+from torch_diagnose.registry import CheckOptions, Option, register
+from torch_diagnose.results import FAIL, PASS, WARN, CheckResult, SkipCheck
+from torch_diagnose.tree import flatten
 
 #: Default share of samples whose top-1 class may change before the check fails (1 in 10).
 MAX_TOP1_DISAGREEMENT = 0.1
@@ -271,7 +271,7 @@ def _non_tensor(outs: Sequence[Any]) -> str | None:
 def _tensorize(o: Any) -> Any:
     import numpy as np
 
-    from diagnostics.tree import map_leaves
+    from torch_diagnose.tree import map_leaves
 
     return map_leaves(o, lambda t: torch.from_numpy(np.ascontiguousarray(t)) if isinstance(t, np.ndarray) else t)
 
@@ -326,7 +326,7 @@ def _collate(outs: Sequence[Any], ctx: Context) -> Any:
         return join(list(outs))
     flat = [flatten(o) for o in outs]
     joined = {k: join([f[k] for f in flat]) for k in flat[0]}
-    from diagnostics.tree import map_leaves
+    from torch_diagnose.tree import map_leaves
 
     it = iter(joined.values())
     return map_leaves(outs[0], lambda _leaf: next(it))

@@ -38,13 +38,13 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from diagnostics import inputs as inp
-from diagnostics.compare import Comparison, compare
-from diagnostics.context import Context, Variant
-from diagnostics.layers import label, record_input_stats
-from diagnostics.registry import CheckOptions, Option, register
-from diagnostics.results import FAIL, PASS, SEVERITY, WARN, CheckResult, SkipCheck
-from diagnostics.tree import flatten, map_leaves
+from torch_diagnose import inputs as inp
+from torch_diagnose.compare import Comparison, compare
+from torch_diagnose.context import Context, Variant
+from torch_diagnose.layers import label, record_input_stats
+from torch_diagnose.registry import CheckOptions, Option, register
+from torch_diagnose.results import FAIL, PASS, SEVERITY, WARN, CheckResult, SkipCheck
+from torch_diagnose.tree import flatten, map_leaves
 
 #: Module types quantize_dynamic converts (exact types: MultiheadAttention's out_proj is left alone).
 DYNAMIC_TYPES: tuple[type, ...] = (nn.Linear, nn.LSTM, nn.GRU)
@@ -386,7 +386,7 @@ def _make_static(ctx: Context, opts: CheckOptions, model: nn.Module, x: Any, cal
     mode = _Mode("static")
     flows = {"auto": ["pt2e", "fx"], "pt2e": ["pt2e"], "fx": ["fx"]}.get(str(opts.static_flow).lower())
     if flows is None:
-        from diagnostics.errors import UsageError
+        from torch_diagnose.errors import UsageError
 
         raise UsageError(f"quantization.static_flow must be auto, pt2e or fx, not {opts.static_flow!r}")
     for flow in flows:
@@ -746,7 +746,7 @@ def quantization(ctx: Context, opts: CheckOptions) -> CheckResult:
     modes = [str(m).strip().lower() for m in opts.modes if str(m).strip()]
     bad = [m for m in modes if m not in ("dynamic", "static")]
     if bad or not modes:
-        from diagnostics.errors import UsageError
+        from torch_diagnose.errors import UsageError
 
         raise UsageError(f"quantization.modes: unknown mode {bad[0] if bad else '(none)'!r}; use dynamic and/or static")
     if not hasattr(torch.ao, "quantization") or not torch.backends.quantized.supported_engines:

@@ -2,7 +2,7 @@
 
 The Python API:
 
-    from diagnostics import Target, diagnose, run_check
+    from torch_diagnose import Target, diagnose, run_check
     report = diagnose(Target(model, example_inputs))          # every default check
     result = run_check("determinism", Target(model, x))       # one check -> CheckResult
 
@@ -39,7 +39,7 @@ def __getattr__(name: str) -> Any:
         from .options import RunOptions
 
         return RunOptions
-    raise AttributeError(f"module 'diagnostics' has no attribute {name!r}")
+    raise AttributeError(f"module 'torch_diagnose' has no attribute {name!r}")
 
 
 def diagnose(target: Any, *, checks: list[str] | None = None, report_dir: str | None = None, **options: Any) -> "RunReport":

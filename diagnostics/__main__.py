@@ -1,4 +1,4 @@
-"""`python -m diagnostics ...` is the `diagnose` command."""
+"""`python -m torch_diagnose ...` is the `diagnose` command."""
 import sys
 
 from .cli import main

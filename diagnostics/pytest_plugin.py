@@ -611,7 +611,7 @@ def check_fixtures() -> types.ModuleType:
     source. Built once per process; registered as a plugin so pytest parses (and documents) them."""
     global _CHECK_FIXTURES
     if _CHECK_FIXTURES is None:
-        holder = types.ModuleType("diagnostics.pytest_check_fixtures")
+        holder = types.ModuleType("torch_diagnose.pytest_check_fixtures")
         for check_id, doc in discover_checks().items():
             setattr(holder, f"check_{check_id}", _make_check_fixture(check_id, doc))
         _CHECK_FIXTURES = holder
@@ -630,7 +630,7 @@ def _make_check_fixture(check_id: str, doc: str) -> Any:
 
 def _providers() -> list[str]:
     """Check provider modules, in the registry's order (built-in, entry points, $TORCH_DIAGNOSE_CHECKS)."""
-    providers = ["checks"]
+    providers = ["torch_diagnose.checks"]
     try:
         from importlib.metadata import entry_points
 
@@ -643,8 +643,16 @@ def _providers() -> list[str]:
     return providers + [m for m in extra if m not in providers]
 
 
+def _package_sources(base: Path) -> list[Path]:
+    """Every public source file of a package folder, sub-packages included."""
+    return sorted(p for p in base.rglob("*.py") if not p.name.startswith("_") or p.name == "__init__.py")
+
+
 def _module_files(name: str) -> list[Path]:
-    """The source files of a module or package, found without importing it (or its parents)."""
+    """The source files of a module or package, found without importing it where possible: the
+    top-level package is located without importing it; a package installed under another folder
+    name (package-dir mapping, as `torch_diagnose.checks`) is found through its own spec, which
+    imports only its parents (torch-free for the built-in checks)."""
     import importlib.util
 
     parts = name.split(".")
@@ -657,15 +665,23 @@ def _module_files(name: str) -> list[Path]:
     locations = list(spec.submodule_search_locations or [])
     if len(parts) == 1:
         if locations:
-            return sorted(p for loc in locations for p in Path(loc).glob("*.py") if not p.name.startswith("_") or p.name == "__init__.py")
+            return [p for loc in locations for p in _package_sources(Path(loc))]
         return [Path(spec.origin)] if spec.origin and spec.origin.endswith(".py") else []
     for loc in locations:
         base = Path(loc, *parts[1:])
         if base.is_dir():
-            return sorted(p for p in base.glob("*.py") if not p.name.startswith("_") or p.name == "__init__.py")
+            return _package_sources(base)
         if base.with_suffix(".py").is_file():
             return [base.with_suffix(".py")]
-    return []
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return []
+    if spec is None:
+        return []
+    if spec.submodule_search_locations:
+        return [p for loc in spec.submodule_search_locations for p in _package_sources(Path(loc))]
+    return [Path(spec.origin)] if spec.origin and spec.origin.endswith(".py") else []
 
 
 _DECORATOR = re.compile(r"^@(?:\w+\.)*register\(", re.M)
@@ -686,7 +702,7 @@ def discover_checks() -> dict[str, str]:
                 continue
             for check_id, doc in _checks_in_source(text):
                 found.setdefault(check_id, doc)
-    registry = sys.modules.get("diagnostics.registry")
+    registry = sys.modules.get("torch_diagnose.registry")
     if registry is not None:
         for check_id, spec in getattr(registry, "_REGISTRY", {}).items():
             found.setdefault(check_id, _doc_with_options(spec.doc, [(o.name, o.type.__name__, repr(o.default), o.help) for o in spec.options]))

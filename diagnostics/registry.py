@@ -116,7 +116,7 @@ def load_checks() -> dict[str, CheckSpec]:
     global _loaded
     if not _loaded:
         _loaded = True
-        providers = ["checks"]
+        providers = ["torch_diagnose.checks"]
         try:
             from importlib.metadata import entry_points
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torchvision
 
-from diagnostics import FAIL, PASS, SKIP, Target, run_check
+from torch_diagnose import FAIL, PASS, SKIP, Target, run_check
 from tests.models import determinism_family as fam
 from tests.models import faulty
 

@@ -6,13 +6,13 @@ import itertools
 import pytest
 import torch
 
-from diagnostics import FAIL, PASS, Target, run_check
-from diagnostics.context import Context, Variant
-from diagnostics.options import RunOptions
-from diagnostics.registry import get_check
-from diagnostics.runner import run
-from diagnostics.timing import TimingStats, measure, percentile
-from checks.benchmark import batch_of, parse_latency_limits, recommend
+from torch_diagnose import FAIL, PASS, Target, run_check
+from torch_diagnose.context import Context, Variant
+from torch_diagnose.options import RunOptions
+from torch_diagnose.registry import get_check
+from torch_diagnose.runner import run
+from torch_diagnose.timing import TimingStats, measure, percentile
+from torch_diagnose.checks.benchmark import batch_of, parse_latency_limits, recommend
 from tests.models import faulty
 
 
@@ -117,7 +117,7 @@ def test_matrix_reuses_published_variants_and_recommends_only_passing_ones() -> 
 
 
 def test_reports_carry_the_matrix_and_the_plots(tmp_path) -> None:
-    from diagnostics.report import file_reporters
+    from torch_diagnose.report import file_reporters
 
     model, x = faulty.small_net()
     ctx = Context(Target(model, x), RunOptions())

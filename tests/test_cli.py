@@ -18,7 +18,7 @@ def diagnose(*args: str, cwd: Path | None = None, env: dict | None = None, timeo
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1", **(env or {})}
     full_env.pop("GITHUB_STEP_SUMMARY", None)
     full_env.pop("GITHUB_ACTIONS", None)
-    return subprocess.run([sys.executable, "-m", "diagnostics", *args], cwd=cwd or ROOT, env=full_env,
+    return subprocess.run([sys.executable, "-m", "torch_diagnose", *args], cwd=cwd or ROOT, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -140,7 +140,7 @@ def test_interrupt_keeps_partial_report(tmp_path) -> None:
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TORCH_DIAGNOSE_CHECKS": "tests.models.crashing_checks"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "diagnostics", "tests/models/faulty.py:small_net", "--checks", "eval_mode,slow_check,determinism",
+        [sys.executable, "-m", "torch_diagnose", "tests/models/faulty.py:small_net", "--checks", "eval_mode,slow_check,determinism",
          "--report-dir", str(tmp_path), "--format", "json"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -162,7 +162,7 @@ def test_closed_pipe_does_not_crash_and_keeps_the_exit_code(tmp_path) -> None:
     """`diagnose ... | head -1`: the reader leaves early; the run, its reports and its exit code survive."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "diagnostics", "tests/models/faulty.py:functional_dropout", "--checks", "determinism",
+        [sys.executable, "-m", "torch_diagnose", "tests/models/faulty.py:functional_dropout", "--checks", "determinism",
          "--report-dir", str(tmp_path), "--format", "json"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )

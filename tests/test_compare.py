@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from diagnostics.compare import (
+from torch_diagnose.compare import (
     DEFAULT_TOLERANCES,
     Tolerance,
     calibrated_tolerances,

@@ -5,10 +5,10 @@ import pytest
 import torch
 import torchvision
 
-from diagnostics import FAIL, PASS, SKIP, WARN, Target, run_check
-from diagnostics.options import RunOptions
-from diagnostics.runner import run_one
-from diagnostics.target import coerce_target
+from torch_diagnose import FAIL, PASS, SKIP, WARN, Target, run_check
+from torch_diagnose.options import RunOptions
+from torch_diagnose.runner import run_one
+from torch_diagnose.target import coerce_target
 from tests.models import cuda_models as models
 
 MiB = 1024**2
@@ -229,7 +229,7 @@ def test_parity_explanation_logic_picks_the_setting_that_restores_parity() -> No
     """explain_difference on stand-in runs: only 'tf32_off' brings the error under tolerance."""
     import contextlib
 
-    from checks.cuda import explain_difference
+    from torch_diagnose.checks.cuda import explain_difference
 
     errors = {"baseline": 1e-3, "tf32_off": 1e-7, "cudnn_deterministic": 1e-3, "all_strict": 1e-7}
     current: list[str] = []
@@ -328,8 +328,8 @@ class _DriftsAfterFirstCall(torch.nn.Module):
 @pytest.mark.parametrize(("model", "expected"), [(models.CleanNet, PASS), (_DriftsAfterFirstCall, FAIL)])
 def test_device_parity_code_path_runs_on_cpu(model, expected) -> None:
     """The GPU-only check's logic (tolerances, settings, localisation) runs without a GPU when called directly."""
-    from diagnostics.context import Context
-    from diagnostics.registry import get_check
+    from torch_diagnose.context import Context
+    from torch_diagnose.registry import get_check
 
     torch.manual_seed(0)
     ctx = Context(Target(model().eval(), torch.randn(4, 8)), RunOptions(device="cpu"))

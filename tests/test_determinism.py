@@ -5,7 +5,7 @@ import pytest
 import torch
 import torchvision
 
-from diagnostics import ERROR, FAIL, PASS, Target, run_check
+from torch_diagnose import ERROR, FAIL, PASS, Target, run_check
 from tests.models import faulty
 
 
@@ -46,7 +46,7 @@ def test_model_that_raises_ends_as_error_not_crash() -> None:
 
 
 def test_options_are_validated() -> None:
-    from diagnostics import UsageError
+    from torch_diagnose import UsageError
 
     with pytest.raises(UsageError, match="no option 'bogus'"):
         run_check("determinism", faulty.small_net(), bogus=1)
@@ -66,8 +66,8 @@ import math  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from diagnostics.compare import calibrated_tolerances, compare  # noqa: E402
-from diagnostics.context import Context  # noqa: E402
+from torch_diagnose.compare import calibrated_tolerances, compare  # noqa: E402
+from torch_diagnose.context import Context  # noqa: E402
 from tests.models import determinism_family as fam  # noqa: E402
 
 
@@ -186,8 +186,8 @@ def test_whole_family_on_a_clean_model_shares_work_and_stays_within_budget() -> 
     the repeat and the rolled batch made by state_mutation are reused, localisation never runs, and the
     model is called 9 times: the reference, a repeat, the rolled batch, no_grad, grad, 1 thread with
     channels_last, the fp64 reference (channels_last is not bitwise), and 2 samples alone."""
-    from diagnostics.options import RunOptions
-    from diagnostics.runner import run
+    from torch_diagnose.options import RunOptions
+    from torch_diagnose.runner import run
 
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None).eval()

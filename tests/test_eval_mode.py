@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torchvision
 
-from diagnostics import FAIL, PASS, Target, run_check
+from torch_diagnose import FAIL, PASS, Target, run_check
 from tests.models import faulty
 
 

@@ -13,11 +13,11 @@ import pytest
 import torch
 import torchvision
 
-from diagnostics import FAIL, PASS, SKIP, WARN, Target
-from diagnostics.context import Context
-from diagnostics.options import RunOptions
-from diagnostics.registry import select_checks
-from diagnostics.runner import run, run_one
+from torch_diagnose import FAIL, PASS, SKIP, WARN, Target
+from torch_diagnose.context import Context
+from torch_diagnose.options import RunOptions
+from torch_diagnose.registry import select_checks
+from torch_diagnose.runner import run, run_one
 from tests.models import export as em
 from tests.models import faulty
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from diagnostics import ERROR, FAIL, PASS, SKIP, WARN, Target, run_check
-from diagnostics import golden as store
-from diagnostics.cli import main as cli_main
+from torch_diagnose import ERROR, FAIL, PASS, SKIP, WARN, Target, run_check
+from torch_diagnose import golden as store
+from torch_diagnose.cli import main as cli_main
 from tests.models import plugin as models
 
 MODELS_FILE = Path(models.__file__).resolve()

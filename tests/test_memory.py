@@ -7,7 +7,7 @@ import pytest
 import torch
 import torchvision
 
-from diagnostics.memory import (
+from torch_diagnose.memory import (
     BudgetAllocator,
     LiveBytesTracker,
     fit_linear,
@@ -225,7 +225,7 @@ def test_cuda_peak_matches_the_tracker_within_workspace_overhead() -> None:
 
 @pytest.mark.cuda
 def test_real_cuda_oom_search_under_a_memory_fraction() -> None:
-    from diagnostics.memory import cuda_try, memory_fraction
+    from torch_diagnose.memory import cuda_try, memory_fraction
 
     model, x = models.wide_mlp()
     model, x = model.cuda(), x.cuda()

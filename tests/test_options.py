@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from diagnostics.errors import UsageError
-from diagnostics.options import (
+from torch_diagnose.errors import UsageError
+from torch_diagnose.options import (
     FORMATS,
     OPTION_DEFS,
     RunOptions,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from diagnostics.registry import load_checks
+from torch_diagnose.registry import load_checks
 
 pytest_plugins = ["pytester"]
 
@@ -136,7 +136,7 @@ def _builds(pytester: pytest.Pytester) -> list[str]:
 
 
 def test_importing_the_plugin_does_not_import_torch() -> None:
-    code = "import sys, diagnostics.pytest_plugin as p; p.check_fixtures(); assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, torch_diagnose.pytest_plugin as p; p.check_fixtures(); assert 'torch' not in sys.modules, 'torch imported'"
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
 
@@ -328,10 +328,10 @@ def test_no_target_skips_with_what_to_do(project: pytest.Pytester) -> None:
 
 def test_fail_on_warn_turns_warnings_into_failures(project: pytest.Pytester) -> None:
     project.makepyfile(test_pt_warn="""
-        from diagnostics import CheckResult
+        from torch_diagnose import CheckResult
 
         def test_warn(pytestconfig):
-            from diagnostics.pytest_plugin import _state
+            from torch_diagnose.pytest_plugin import _state
             state = _state(pytestconfig)
             assert state.failing(CheckResult(check="x", status="warn", summary="s"))
             assert not state.failing(CheckResult(check="x", status="skip", summary="s"))

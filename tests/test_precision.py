@@ -8,10 +8,10 @@ import pytest
 import torch
 import torchvision
 
-from diagnostics import ERROR, FAIL, PASS, WARN, Target, diagnose, run_check
-from diagnostics.context import Context
-from diagnostics.options import RunOptions
-from diagnostics.runner import run_one
+from torch_diagnose import ERROR, FAIL, PASS, WARN, Target, diagnose, run_check
+from torch_diagnose.context import Context
+from torch_diagnose.options import RunOptions
+from torch_diagnose.runner import run_one
 from tests.models import faulty
 from tests.models import precision as pm
 

@@ -9,8 +9,8 @@ import torch
 from torchvision import transforms as T
 from torchvision.transforms import v2
 
-from diagnostics import FAIL, PASS, SKIP, WARN, Target, run_check
-from diagnostics.images import generated_images
+from torch_diagnose import FAIL, PASS, SKIP, WARN, Target, run_check
+from torch_diagnose.images import generated_images
 from tests.models import preprocessing as P
 
 MODELS_FILE = os.path.join("tests", "models", "preprocessing.py")
@@ -387,7 +387,7 @@ def test_nan_in_serving_tensors_is_reported() -> None:
 
 
 def test_works_without_opencv(monkeypatch) -> None:
-    import diagnostics.images as images
+    import torch_diagnose.images as images
 
     monkeypatch.setattr(images, "opencv", lambda: None)
     result = check(P.serving_nearest())

@@ -8,9 +8,9 @@ import torch
 import torchvision
 from torch import nn
 
-from diagnostics import ERROR, FAIL, PASS, SKIP, WARN, Target, run_check
-from diagnostics.context import Context
-from diagnostics.runner import run_one
+from torch_diagnose import ERROR, FAIL, PASS, SKIP, WARN, Target, run_check
+from torch_diagnose.context import Context
+from torch_diagnose.runner import run_one
 from tests.models import precision as pm
 
 
@@ -138,7 +138,7 @@ def test_runs_under_warnings_as_errors_and_validates_options() -> None:
 
 @pytest.mark.cuda
 def test_cuda_run_quantizes_on_cpu_and_says_so() -> None:
-    from diagnostics.options import RunOptions
+    from torch_diagnose.options import RunOptions
 
     result = run_one("quantization", Target(*pm.outlier_mlp()), options=RunOptions(device="cuda"))
     assert result.status == FAIL, result.explain()

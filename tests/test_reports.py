@@ -16,15 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from diagnostics.errors import UsageError
-from diagnostics.options import RunOptions
-from diagnostics.registry import CheckSpec
-from diagnostics.report import FileReporter, HtmlWriter, JUnitWriter, MarkdownWriter, TerminalReporter, file_reporters
-from diagnostics.report.html import render_html
-from diagnostics.report.markdown import annotation, render_markdown
-from diagnostics.report.plots import render_plots
-from diagnostics.results import CheckResult
-from diagnostics.runner import RunReport
+from torch_diagnose.errors import UsageError
+from torch_diagnose.options import RunOptions
+from torch_diagnose.registry import CheckSpec
+from torch_diagnose.report import FileReporter, HtmlWriter, JUnitWriter, MarkdownWriter, TerminalReporter, file_reporters
+from torch_diagnose.report.html import render_html
+from torch_diagnose.report.markdown import annotation, render_markdown
+from torch_diagnose.report.plots import render_plots
+from torch_diagnose.results import CheckResult
+from torch_diagnose.runner import RunReport
 
 HAS_MPL = importlib.util.find_spec("matplotlib") is not None
 HOSTILE = "outputs differ | worst <script>alert(1)</script>\nsecond line 100%"
@@ -342,7 +342,7 @@ def test_terminal_lists_reports_this_run_wrote(tmp_path: Path) -> None:
 
 
 def test_no_torch_or_matplotlib_on_import() -> None:
-    code = "import sys, diagnostics.report; assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules"
+    code = "import sys, torch_diagnose.report; assert 'torch' not in sys.modules and 'matplotlib' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
 
 
@@ -353,7 +353,7 @@ def test_markdown_renders_an_empty_run() -> None:
 
 def test_plots_are_evidence_passing_checks_draw_only_informative_ones() -> None:
     pytest.importorskip("matplotlib")
-    from diagnostics.report.plots import render_result_plots
+    from torch_diagnose.report.plots import render_result_plots
 
     spec = {"kind": "line", "title": "t", "x": [1, 2], "series": {"y": [1.0, 2.0]}, "xlabel": "x", "ylabel": "y"}
     assert render_result_plots(CheckResult(check="a", status="pass", details={"plot": spec})) == []

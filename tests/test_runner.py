@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from diagnostics import ERROR, FAIL, PASS, SKIP, CheckResult, SkipCheck, Target
-from diagnostics.options import RunOptions
-from diagnostics.registry import CheckSpec, get_check
-from diagnostics.runner import run
+from torch_diagnose import ERROR, FAIL, PASS, SKIP, CheckResult, SkipCheck, Target
+from torch_diagnose.options import RunOptions
+from torch_diagnose.registry import CheckSpec, get_check
+from torch_diagnose.runner import run
 from tests.models import faulty
 
 
@@ -36,7 +36,7 @@ def _slow(ctx, opts):
 
 
 def test_a_check_that_raises_is_an_error_and_the_run_goes_on(tmp_path) -> None:
-    from diagnostics.report import file_reporters
+    from torch_diagnose.report import file_reporters
 
     options = RunOptions(report_dir=str(tmp_path), format=["json"])
     checks = [_spec("breaks", _raises), get_check("eval_mode"), _spec("skips", _skips), _spec("garbage", _returns_garbage), get_check("determinism")]
@@ -79,8 +79,8 @@ def test_model_is_not_evaled_before_eval_mode_looks() -> None:
 def test_isolated_crash_is_contained(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("TORCH_DIAGNOSE_CHECKS", "tests.models.crashing_checks")
     monkeypatch.setenv("PYTHONPATH", os.getcwd())
-    from diagnostics.registry import load_checks
-    import diagnostics.registry as registry
+    from torch_diagnose.registry import load_checks
+    import torch_diagnose.registry as registry
 
     monkeypatch.setattr(registry, "_loaded", False)
     load_checks()

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torchvision
 
-from diagnostics import FAIL, PASS, WARN, Target, run_check
-from diagnostics import fingerprint as fp
+from torch_diagnose import FAIL, PASS, WARN, Target, run_check
+from torch_diagnose import fingerprint as fp
 from tests.models import determinism_family as fam
 from tests.models import faulty
 

@@ -7,12 +7,12 @@ import sys
 
 import torch
 
-from diagnostics import Target
-from diagnostics import repro
-from diagnostics import sweep as sw
-from diagnostics.context import Context
-from diagnostics.inputs import call_model
-from diagnostics.options import RunOptions
+from torch_diagnose import Target
+from torch_diagnose import repro
+from torch_diagnose import sweep as sw
+from torch_diagnose.context import Context
+from torch_diagnose.inputs import call_model
+from torch_diagnose.options import RunOptions
 from tests.models import export as em
 
 

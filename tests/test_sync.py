@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from diagnostics.sync import COPY, EXPLICIT, SCALAR, SHAPE, SyncSpy, dispatch_syncs, matches_allow
+from torch_diagnose.sync import COPY, EXPLICIT, SCALAR, SHAPE, SyncSpy, dispatch_syncs, matches_allow
 
 _ORIGINAL_TENSOR_ATTRS = {name: torch.Tensor.__dict__.get(name) for name in ("tolist", "numpy", "cpu", "to")}
 

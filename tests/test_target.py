@@ -7,16 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from diagnostics.errors import TargetError, UsageError
-from diagnostics.inputs import call_model
-from diagnostics.target import DEFAULT_FACTORIES, Target, coerce_target, load_target
+from torch_diagnose.errors import TargetError, UsageError
+from torch_diagnose.inputs import call_model
+from torch_diagnose.target import DEFAULT_FACTORIES, Target, coerce_target, load_target
 from tests.models import targets as factories
 
 FACTORY_FILE = '''\
 import torch
 from torch import nn
 
-from diagnostics.target import Target
+from torch_diagnose.target import Target
 
 
 class Net(nn.Module):

@@ -6,8 +6,8 @@ from collections import OrderedDict, namedtuple
 
 import torch
 
-from diagnostics.inputs import concat_batch
-from diagnostics.tree import ROOT, flatten, iter_leaves, map_leaves, tensor_leaves
+from torch_diagnose.inputs import concat_batch
+from torch_diagnose.tree import ROOT, flatten, iter_leaves, map_leaves, tensor_leaves
 
 Detections = namedtuple("Detections", ["boxes", "scores"])
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import signal
 
-from diagnostics.registry import register
+from torch_diagnose.registry import register
 
 
 @register("crash_segfault", family="test", title="dies with SIGSEGV", default=False)
@@ -18,7 +18,7 @@ def slow_check(ctx, opts):
     """Gives a test time to interrupt the run in the middle of a check."""
     import time
 
-    from diagnostics.results import CheckResult
+    from torch_diagnose.results import CheckResult
 
     time.sleep(2)
     return CheckResult(status="pass", summary="slept")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from diagnostics import Target
+from torch_diagnose import Target
 
 
 class DataDependentIf(nn.Module):

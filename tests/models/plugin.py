@@ -13,7 +13,7 @@ import os
 import torch
 from torch import nn
 
-from diagnostics import Target
+from torch_diagnose import Target
 
 
 class Act(nn.Module):

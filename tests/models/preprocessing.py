@@ -13,7 +13,7 @@ from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 
-from diagnostics import Target
+from torch_diagnose import Target
 
 SIZE = 64
 RESIZE = int(SIZE * 256 / 224)  # 73: the usual 256 -> 224 ratio
@@ -29,7 +29,7 @@ def _calibrated_resnet18() -> torch.nn.Module:
     statistics lets activations grow until the bias dominates), which makes top-1 agreement
     meaningless; estimating the running statistics once on photo-like images fixes that.
     """
-    from diagnostics.images import generated_images
+    from torch_diagnose.images import generated_images
 
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None)

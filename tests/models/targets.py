@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from diagnostics.target import Target
+from torch_diagnose.target import Target
 
 
 class TinyNet(nn.Module):

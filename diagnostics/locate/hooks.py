@@ -1,0 +1,135 @@
+"""Module hooks: record each module call's inputs and outputs, or just which module is running.
+
+`ModuleRecorder` records calls in the order they *finish*, so an inner module comes before the
+block that contains it. `ModuleStack` keeps the path of the innermost running module for spies.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from ..tree import flatten
+
+
+@dataclass
+class ModuleCall:
+    name: str  # dotted path; repeated calls get `#2`, `#3`
+    module_type: str
+    inputs: dict[str, torch.Tensor]
+    outputs: dict[str, torch.Tensor]
+    order: int  # finishing order
+
+
+def _snapshot(obj: Any, root: str) -> dict[str, torch.Tensor]:
+    return {
+        k: v.detach().clone()
+        for k, v in flatten(obj, root=root).items()
+        if isinstance(v, torch.Tensor)
+    }
+
+
+class ModuleRecorder:
+    """Records every module call's inputs and outputs while active (`with ModuleRecorder(model) as rec:`).
+
+    `include`: a predicate on (name, module) to restrict which modules are recorded.
+    `record_inputs`: inputs are cloned in a pre-hook, before an in-place op can change them.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        include: Callable[[str, torch.nn.Module], bool] | None = None,
+        record_inputs: bool = True,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        self.model = model
+        self.include = include
+        self.record_inputs = record_inputs
+        self.transform = transform
+        self.calls: list[ModuleCall] = []
+        self._handles: list[Any] = []
+        self._pending: dict[int, list[dict[str, torch.Tensor]]] = {}
+        self._counts: dict[str, int] = {}
+
+    def __enter__(self) -> "ModuleRecorder":
+        for name, module in self.model.named_modules():
+            if self.include is not None and not self.include(name, module):
+                continue
+            self._handles.append(module.register_forward_pre_hook(self._pre(name), with_kwargs=True))
+            self._handles.append(module.register_forward_hook(self._post(name), with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _pre(self, name: str) -> Callable[..., None]:
+        def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+            snap = _snapshot((args, kwargs) if kwargs else args, "input") if self.record_inputs else {}
+            if self.transform:
+                snap = {k: self.transform(v) for k, v in snap.items()}
+            self._pending.setdefault(id(module), []).append(snap)
+
+        return hook
+
+    def _post(self, name: str) -> Callable[..., None]:
+        def hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            stack = self._pending.get(id(module)) or [{}]
+            snap_in = stack.pop() if stack else {}
+            count = self._counts.get(name, 0) + 1
+            self._counts[name] = count
+            key = name if count == 1 else f"{name}#{count}"
+            outs = _snapshot(output, "output")
+            if self.transform:
+                outs = {k: self.transform(v) for k, v in outs.items()}
+            self.calls.append(ModuleCall(key, type(module).__name__, snap_in, outs, len(self.calls)))
+
+        return hook
+
+    def by_name(self) -> dict[str, ModuleCall]:
+        return {call.name: call for call in self.calls}
+
+
+
+
+class ModuleStack:
+    """While active, `current` is (dotted path, type name) of the innermost running module.
+
+    `with ModuleStack(model) as stack: ...`; costs two hooks per module, removed on exit."""
+
+    def __init__(self, model: torch.nn.Module | None) -> None:
+        self.model = model
+        self._stack: list[tuple[str, str]] = []
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> "ModuleStack":
+        if self.model is not None:
+            for name, module in self.model.named_modules():
+                self._handles.append(module.register_forward_pre_hook(self._push(name, type(module).__name__)))
+                self._handles.append(module.register_forward_hook(self._pop))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _push(self, name: str, type_name: str) -> Callable[..., None]:
+        def hook(module: torch.nn.Module, args: Any) -> None:
+            self._stack.append((name, type_name))
+
+        return hook
+
+    def _pop(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if self._stack:
+            self._stack.pop()
+
+    @property
+    def current(self) -> tuple[str, str]:
+        if self._stack:
+            return self._stack[-1]
+        return "", type(self.model).__name__ if self.model is not None else ""
