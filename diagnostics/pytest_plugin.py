@@ -326,7 +326,7 @@ def _properties(result: CheckResult) -> list[tuple[str, Any]]:
     """JUnit properties of one result: status, summary, culprit and every metric, prefixed by the check id."""
     props: list[tuple[str, Any]] = [(f"{result.check}.status", result.status), (f"{result.check}.summary", result.summary)]
     if result.culprit:
-        props.append((f"{result.check}.culprit", result.culprit))
+        props.append((f"{result.check}.culprit", result.culprit_label))
     props += [(f"{result.check}.{name}", value) for name, value in result.metrics.items()]
     return props
 

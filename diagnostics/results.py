@@ -9,6 +9,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .locate.culprit import Culprit
+
 PASS, WARN, FAIL, SKIP, ERROR = "pass", "warn", "fail", "skip", "error"
 STATUSES = (PASS, WARN, FAIL, SKIP, ERROR)
 #: Severity order used for `--fail-on` and for the overall verdict.
@@ -26,17 +28,22 @@ class CheckResult:
     status:   pass | warn | fail (the model has the problem) | skip (not applicable) | error (the check broke)
     summary:  one line a user reads first.
     metrics:  flat name -> number/str/bool, shown in reports and as JUnit properties.
-    culprit:  the module path, input, line or pipeline step responsible, when known.
+    culprit:  the module, input, line or pipeline step responsible, when known (a `Culprit`;
+              a plain string is taken as its label).
     hint:     what to do about it, in words.
     details:  anything structured (tables, per-layer errors) for JSON/HTML reports.
-    location: "file:line" of the culprit's source when known (used for CI annotations).
+    location: "file:line" of the culprit's source when known (used for CI annotations); taken
+              from the culprit when not given.
+
+    A check reads as measure -> judge -> explain and ends with one of the constructors:
+    `CheckResult.passed(summary, ...)`, `.warned(...)`, `.failed(...)`, `.skipped(reason)`.
     """
 
     check: str = ""
     status: str = PASS
     summary: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
-    culprit: str | None = None
+    culprit: Culprit | None = None
     hint: str | None = None
     duration_s: float = 0.0
     details: dict[str, Any] = field(default_factory=dict)
@@ -46,24 +53,55 @@ class CheckResult:
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"unknown status {self.status!r}; expected one of {STATUSES}")
+        self.culprit = Culprit.from_value(self.culprit)
+        if self.location is None and self.culprit is not None:
+            self.location = self.culprit.location
+
+    @classmethod
+    def passed(cls, summary: str, **fields: Any) -> "CheckResult":
+        return cls(status=PASS, summary=summary, **fields)
+
+    @classmethod
+    def warned(cls, summary: str, **fields: Any) -> "CheckResult":
+        return cls(status=WARN, summary=summary, **fields)
+
+    @classmethod
+    def failed(cls, summary: str, **fields: Any) -> "CheckResult":
+        return cls(status=FAIL, summary=summary, **fields)
+
+    @classmethod
+    def skipped(cls, reason: str, **fields: Any) -> "CheckResult":
+        return cls(status=SKIP, summary=reason, **fields)
+
+    @property
+    def culprit_label(self) -> str:
+        """The culprit as reports show it; "" when there is none."""
+        return self.culprit.label if self.culprit is not None else ""
 
     @property
     def ok(self) -> bool:
         return self.status in (PASS, SKIP, WARN)
 
     def to_dict(self) -> dict[str, Any]:
-        return jsonable(dataclasses.asdict(self))
+        """JSON form: `culprit` is the label a person reads, `culprit_detail` the structured Culprit."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["culprit"] = self.culprit_label or None
+        data["culprit_detail"] = self.culprit.to_dict() if self.culprit is not None else None
+        return jsonable(data)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "CheckResult":
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        fields = {k: v for k, v in data.items() if k in names}
+        if data.get("culprit_detail"):
+            fields["culprit"] = data["culprit_detail"]
+        return cls(**fields)
 
     def explain(self) -> str:
         """A multi-line explanation fit for a test failure or a terminal."""
         lines = [f"[{self.status.upper()}] {self.check}: {self.summary}"]
         if self.culprit:
-            lines.append(f"  culprit: {self.culprit}" + (f" ({self.location})" if self.location else ""))
+            lines.append(f"  culprit: {self.culprit_label}" + (f" ({self.location})" if self.location else ""))
         if self.hint:
             lines.append(f"  hint: {self.hint}")
         if self.metrics:

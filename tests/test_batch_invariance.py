@@ -13,7 +13,7 @@ from tests.models import faulty
 def test_batchnorm_training_inside_a_block_is_named_with_its_override() -> None:
     result = run_check("batch_invariance", fam.bn_training_in_block())
     assert result.status == FAIL, result.explain()
-    assert result.culprit == "block.norm (BatchNorm1d)"
+    assert result.culprit_label == "block.norm (BatchNorm1d)"
     assert "is in training mode" in result.hint
     assert "`train()` override of `block` (StickyTrainBlock)" in result.hint
     assert result.details["first_divergent_module"] == "block.norm (BatchNorm1d)"
@@ -25,7 +25,7 @@ def test_batchnorm_training_inside_a_block_is_named_with_its_override() -> None:
 def test_batchnorm_training_that_cannot_run_one_sample_fails_naming_it() -> None:
     result = run_check("batch_invariance", fam.bn_training_mlp())
     assert result.status == FAIL
-    assert result.culprit == "block.norm (BatchNorm1d)"
+    assert result.culprit_label == "block.norm (BatchNorm1d)"
     assert "cannot run alone" in result.summary and "Expected more than 1 value" in result.summary
     assert "`.eval()`" in result.hint
 
@@ -33,7 +33,7 @@ def test_batchnorm_training_that_cannot_run_one_sample_fails_naming_it() -> None
 def test_custom_normalisation_over_dim0_is_named_with_line_and_op() -> None:
     result = run_check("batch_invariance", fam.batch_centred())
     assert result.status == FAIL
-    assert result.culprit == "norm (BatchCentre)"
+    assert result.culprit_label == "norm (BatchCentre)"
     assert result.location and "determinism_family.py:" in result.location
     assert "x - x.mean(0, keepdim=True)" in result.hint
     assert "aten.mean" in result.hint and "dim 0" in result.hint
@@ -43,7 +43,7 @@ def test_custom_normalisation_over_dim0_is_named_with_line_and_op() -> None:
 def test_batch_of_one_is_grown_with_a_fresh_sample_and_says_so() -> None:
     result = run_check("batch_invariance", fam.batch_centred_single_sample())
     assert result.status == FAIL
-    assert result.culprit == "norm (BatchCentre)"
+    assert result.culprit_label == "norm (BatchCentre)"
     assert result.metrics["synthesized_batch"] is True and result.metrics["batch_size"] == 2
     assert "built a batch of 2" in result.summary
 
@@ -58,7 +58,7 @@ def test_clean_batch_of_one_passes_and_says_it_built_a_batch() -> None:
 def test_keyword_inputs_and_nested_dict_outputs_with_batch_statistics() -> None:
     result = run_check("batch_invariance", fam.dict_batch_stats())
     assert result.status == FAIL
-    assert result.culprit == "backbone.1 (BatchNorm2d)"
+    assert result.culprit_label == "backbone.1 (BatchNorm2d)"
     assert "track_running_stats=False" in result.hint
     assert set(result.details["output_batch_dims"]) == {"logits", "aux.embedding"}
 
@@ -66,7 +66,7 @@ def test_keyword_inputs_and_nested_dict_outputs_with_batch_statistics() -> None:
 def test_sequence_first_attention_given_batch_first_tensors_is_named() -> None:
     result = run_check("batch_invariance", fam.cross_sample_attention())
     assert result.status == FAIL
-    assert result.culprit == "attn (MultiheadAttention)"
+    assert result.culprit_label == "attn (MultiheadAttention)"
     assert "batch_first=False" in result.hint
 
 
@@ -91,7 +91,7 @@ def test_time_major_inputs_need_the_batch_dim_and_pass_with_it() -> None:
     model, x = fam.gru_tagger_time_major()
     wrong = run_check("batch_invariance", Target(model, x))  # dim 0 is time: one "sample" is one time step
     assert wrong.status == FAIL
-    assert wrong.culprit == "gru (GRU)" and "batch_dim=1" in wrong.hint
+    assert wrong.culprit_label == "gru (GRU)" and "batch_dim=1" in wrong.hint
     via_target = run_check("batch_invariance", Target(model, x, batch_dim=1))
     assert via_target.status == PASS, via_target.explain()
     assert via_target.details["batch_dim_source"] == "Target.batch_dim"

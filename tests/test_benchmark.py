@@ -90,7 +90,7 @@ def test_benchmark_passes_and_informs_on_a_small_model() -> None:
 def test_latency_gate_fails_when_exceeded() -> None:
     result = run_check("benchmark", faulty.small_net(), min_time_s=0.05, max_latency_ms="1=0.000001")
     assert result.status == FAIL
-    assert result.culprit == "batch 1"
+    assert result.culprit_label == "batch 1"
     assert "p50" in result.summary
 
 

@@ -44,7 +44,7 @@ def _line_of(marker: str) -> int:
 def test_sync_points_are_flagged_with_culprit_and_line(factory, culprit: str, marker: str, words: str) -> None:
     result = run_check("cuda_sync", factory())
     assert result.status == WARN, result.explain()
-    assert result.culprit == culprit
+    assert result.culprit_label == culprit
     assert result.location == f"tests/models/cuda_models.py:{_line_of(marker)}" or result.location.endswith(f"cuda_models.py:{_line_of(marker)}")
     assert words in result.hint
     assert result.metrics["sync_points"] == 1
@@ -54,13 +54,13 @@ def test_sync_points_are_flagged_with_culprit_and_line(factory, culprit: str, ma
 def test_sync_option_fail_makes_it_a_failure() -> None:
     result = run_check("cuda_sync", models.item_in_forward(), fail=True)
     assert result.status == FAIL
-    assert result.culprit == "gate (Gate)"
+    assert result.culprit_label == "gate (Gate)"
 
 
 def test_detection_postprocessing_is_accepted_by_the_allowlist_but_a_stray_item_is_not() -> None:
     flagged = run_check("cuda_sync", models.detector())
     assert flagged.status == WARN
-    assert flagged.culprit == "postprocess (Postprocess)"
+    assert flagged.culprit_label == "postprocess (Postprocess)"
     assert flagged.metrics["sync_points"] == 2  # mask indexing and nonzero
 
     accepted = run_check("cuda_sync", models.detector(), allow=["postprocess"])
@@ -70,7 +70,7 @@ def test_detection_postprocessing_is_accepted_by_the_allowlist_but_a_stray_item_
 
     stray = run_check("cuda_sync", models.detector(stray_item=True), allow=["nonzero", "index"])
     assert stray.status == WARN
-    assert stray.culprit == "<root> (Detector)"
+    assert stray.culprit_label == "<root> (Detector)"
     assert stray.location.endswith(f"cuda_models.py:{_line_of('# SYNC: stray float()')}")
     assert "float(" in stray.hint
 
@@ -102,7 +102,7 @@ def test_sync_check_leaves_tensor_methods_as_they_were() -> None:
 def test_deployment_batch_over_a_small_budget_fails_while_batch_one_fits() -> None:
     result = _run("cuda_oom", models.wide_mlp(), memory_budget=8 * MiB, batch_size=256)
     assert result.status == FAIL, result.explain()
-    assert result.culprit == "act (ReLU)"  # the 8192-wide activation and its ReLU are alive together
+    assert result.culprit_label == "act (ReLU)"  # the 8192-wide activation and its ReLU are alive together
     largest = result.metrics["largest_batch_estimate"]
     assert 1 <= largest < 256
     assert f"batch <= {largest}" in result.hint
@@ -133,7 +133,7 @@ def test_fitting_only_without_margin_warns() -> None:
 def test_weights_larger_than_the_budget_are_named() -> None:
     result = _run("cuda_oom", models.wide_mlp(), memory_budget=1 * MiB)
     assert result.status == FAIL
-    assert result.culprit == "<root> (WideMLP) parameters"
+    assert result.culprit_label == "<root> (WideMLP) parameters"
     assert "not even batch 1" in result.summary
 
 
@@ -181,7 +181,7 @@ def test_list_of_activations_fails_and_names_the_attribute_and_line() -> None:
     model, x = models.activation_log()
     result = run_check("memory_growth", (model, x))
     assert result.status == FAIL, result.explain()
-    assert result.culprit == "trace.saved (list in ActivationLog)"
+    assert result.culprit_label == "trace.saved (list in ActivationLog)"
     assert result.location.endswith(f"cuda_models.py:{_line_of('# LEAK: the list grows')}")
     assert result.metrics["bytes_per_call"] == 4 * 64 * 4  # one (4, 64) float32 activation per call
     assert "deque(maxlen" in result.hint
@@ -191,7 +191,7 @@ def test_list_of_activations_fails_and_names_the_attribute_and_line() -> None:
 def test_module_level_cache_is_named() -> None:
     result = run_check("memory_growth", models.global_cache())
     assert result.status == FAIL
-    assert result.culprit == "tests.models.cuda_models._FEATURE_CACHE (list in module tests.models.cuda_models)"
+    assert result.culprit_label == "tests.models.cuda_models._FEATURE_CACHE (list in module tests.models.cuda_models)"
     assert result.location.endswith(f"cuda_models.py:{_line_of('# LEAK: a global list')}")
     models._FEATURE_CACHE.clear()
 
@@ -199,7 +199,7 @@ def test_module_level_cache_is_named() -> None:
 def test_graph_kept_alive_by_grad_mode_warns() -> None:
     result = run_check("memory_growth", models.running_total())
     assert result.status == WARN, result.explain()
-    assert result.culprit == "total (Tensor in RunningTotal)"
+    assert result.culprit_label == "total (Tensor in RunningTotal)"
     assert result.metrics["bytes_per_call"] == 0
     assert result.metrics["bytes_per_call_grad_enabled"] >= 4 * 128 * 4  # at least the saved ReLU output
     assert "inference_mode" in result.hint and "autograd graph" in result.hint
@@ -272,7 +272,7 @@ def test_cuda_oom_confirms_with_a_real_search_on_gpu() -> None:
 def test_cuda_sync_on_gpu_uses_set_sync_debug_mode() -> None:
     result = _run("cuda_sync", models.item_in_forward(), device="cuda")
     assert result.status == WARN
-    assert result.culprit == "gate (Gate)"
+    assert result.culprit_label == "gate (Gate)"
     assert result.metrics["spied_on"] == "cuda"
     assert result.metrics["cuda_sync_debug_warnings"] >= 1
 
@@ -281,7 +281,7 @@ def test_cuda_sync_on_gpu_uses_set_sync_debug_mode() -> None:
 def test_memory_growth_on_gpu() -> None:
     result = _run("memory_growth", models.activation_log(), device="cuda")
     assert result.status == FAIL
-    assert result.culprit == "trace.saved (list in ActivationLog)"
+    assert result.culprit_label == "trace.saved (list in ActivationLog)"
     # CUDA's allocator sees the same growth (rounded up to its 512-byte blocks)
     assert result.metrics["cuda_memory_allocated_bytes_per_call"] >= result.metrics["bytes_per_call"] > 0
 

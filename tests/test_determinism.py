@@ -19,7 +19,7 @@ def test_clean_models_pass(factory) -> None:
 def test_functional_dropout_with_training_true_is_named_with_line() -> None:
     result = run_check("determinism", faulty.functional_dropout())
     assert result.status == FAIL
-    assert result.culprit == "head (DropoutHead)"
+    assert result.culprit_label == "head (DropoutHead)"
     assert "training=self.training" in result.hint
     assert "head.forward" in result.hint
     assert result.location and "faulty.py:" in result.location
@@ -28,14 +28,14 @@ def test_functional_dropout_with_training_true_is_named_with_line() -> None:
 def test_randn_like_noise_is_named() -> None:
     result = run_check("determinism", faulty.randn_noise())
     assert result.status == FAIL
-    assert result.culprit == "noise (Noisy)"
+    assert result.culprit_label == "noise (Noisy)"
     assert "randn_like" in result.hint
 
 
 def test_dropout_kept_training_by_bad_override_is_named() -> None:
     result = run_check("determinism", faulty.train_override_not_propagating())
     assert result.status == FAIL
-    assert result.culprit == "block.drop (Dropout)"
+    assert result.culprit_label == "block.drop (Dropout)"
     assert ".eval()" in result.hint
 
 
@@ -78,7 +78,7 @@ def _rows(result) -> dict[str, dict]:
 def test_branch_on_grad_mode_is_named_with_the_line() -> None:
     result = run_check("determinism", fam.grad_mode_branch())
     assert result.status == FAIL, result.explain()
-    assert result.culprit == "head (FoldedLinear)"
+    assert result.culprit_label == "head (FoldedLinear)"
     assert "`torch.is_grad_enabled()`" in result.hint or "is_grad_enabled()" in result.hint
     assert "with grad enabled than under inference_mode" in result.hint
     assert result.location and "determinism_family.py:" in result.location
@@ -91,7 +91,7 @@ def test_branch_on_grad_mode_is_named_with_the_line() -> None:
 def test_grad_mode_branch_behind_keyword_inputs_and_nested_outputs() -> None:
     result = run_check("determinism", fam.grad_mode_branch_dict())
     assert result.status == FAIL
-    assert result.culprit == "heads.cls (FoldedLinear)"
+    assert result.culprit_label == "heads.cls (FoldedLinear)"
     assert "`out.logits`" in result.details["differences"]["grad enabled vs inference_mode (seed 2)"]
     assert "out.logits.max_abs" in result.metrics
 
@@ -99,7 +99,7 @@ def test_grad_mode_branch_behind_keyword_inputs_and_nested_outputs() -> None:
 def test_branch_on_thread_count_is_named_after_splitting_the_combined_pass() -> None:
     result = run_check("determinism", fam.thread_branch())
     assert result.status == FAIL, result.explain()
-    assert result.culprit == "mix (ParallelMix)"
+    assert result.culprit_label == "mix (ParallelMix)"
     assert "get_num_threads()" in result.hint and "thread" in result.hint
     rows = _rows(result)
     threads = next(label for label in rows if label.startswith("threads ") and "+" not in label)
@@ -111,7 +111,7 @@ def test_branch_on_thread_count_is_named_after_splitting_the_combined_pass() -> 
 def test_branch_on_contiguity_is_named_for_channels_last_inputs() -> None:
     result = run_check("determinism", fam.layout_branch(), threads=0)
     assert result.status == FAIL, result.explain()
-    assert result.culprit == "stem (LayoutAwareConv)"
+    assert result.culprit_label == "stem (LayoutAwareConv)"
     assert "is_contiguous()" in result.hint and "`.contiguous()`" in result.hint
     assert "channels_last `x` vs contiguous" in _rows(result)
 
@@ -119,7 +119,7 @@ def test_branch_on_contiguity_is_named_for_channels_last_inputs() -> None:
 def test_view_on_a_channels_last_input_fails_with_the_line() -> None:
     result = run_check("determinism", fam.view_on_input())
     assert result.status == FAIL
-    assert result.culprit == "<root> (ViewFlatten)"
+    assert result.culprit_label == "<root> (ViewFlatten)"
     assert "x.view(x.shape[0], -1)" in result.hint and ".reshape()" in result.hint
     assert result.location and "determinism_family.py:" in result.location
 
@@ -127,7 +127,7 @@ def test_view_on_a_channels_last_input_fails_with_the_line() -> None:
 def test_state_that_feeds_the_output_is_named_as_the_cause_of_repeat_differences() -> None:
     result = run_check("determinism", fam.drifting_ema())
     assert result.status == FAIL
-    assert result.culprit == "ema (buffer)"
+    assert result.culprit_label == "ema (buffer)"
     assert "keeps state" in result.hint and "self.ema.mul_" in result.hint
 
 

@@ -17,14 +17,14 @@ def test_clean_small_model_passes() -> None:
 def test_submodule_put_back_in_training_fails_naming_it() -> None:
     result = run_check("eval_mode", faulty.submodule_back_in_training())
     assert result.status == FAIL
-    assert result.culprit == "block.drop (Dropout)"
+    assert result.culprit_label == "block.drop (Dropout)"
     assert "model.eval()" in result.hint
 
 
 def test_train_override_that_does_not_propagate_is_named() -> None:
     result = run_check("eval_mode", faulty.train_override_not_propagating())
     assert result.status == FAIL
-    assert result.culprit == "<root> (NoPropagateNet).train"
+    assert result.culprit_label == "<root> (NoPropagateNet).train"
     assert "super().train(mode)" in result.hint
     assert result.location and result.location.endswith(".py:48") or "faulty.py" in (result.location or "")
     # the mode-sensitive children are listed first
@@ -36,7 +36,7 @@ def test_model_handed_over_in_training_mode_fails_and_is_not_evaled_before() -> 
     model.train()
     result = run_check("eval_mode", Target(model, x))
     assert result.status == FAIL
-    assert result.culprit == "<root> (SmallNet)"  # one cause: the whole model was never switched to eval
+    assert result.culprit_label == "<root> (SmallNet)"  # one cause: the whole model was never switched to eval
     assert "model.eval()" in result.hint
     assert "1 Dropout" in result.summary and "1 BatchNorm1d" in result.summary
     assert result.details["mode_sensitive"][:2] == ["block.drop (Dropout)", "block.norm (BatchNorm1d)"]
@@ -58,5 +58,5 @@ def test_batchnorm_kept_training_by_a_block_override_names_the_override() -> Non
 
     result = run_check("eval_mode", fam.bn_training_in_block())
     assert result.status == FAIL
-    assert result.culprit == "block (StickyTrainBlock).train"
+    assert result.culprit_label == "block (StickyTrainBlock).train"
     assert result.details["still_training_after_eval"][0] == "block.norm (BatchNorm1d)"

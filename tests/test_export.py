@@ -43,7 +43,7 @@ def line_of(cls: type, text: str) -> str:
 def test_trace_freezing_a_data_dependent_branch_fails_with_the_line_and_a_repro(tmp_path) -> None:
     r = check("torchscript", em.data_dependent_if(), tmp_path)
     assert r.status == FAIL, r.explain()
-    assert r.culprit == "<root> (DataDependentIf)"
+    assert r.culprit_label == "<root> (DataDependentIf)"
     assert r.location.endswith(line_of(em.DataDependentIf, "if x.sum() > 0:"))
     assert "negative values" in r.summary or "fresh values" in r.summary
     assert "data-dependent branch" in r.hint and "if x.sum() > 0:" in r.hint
@@ -58,7 +58,7 @@ def test_trace_freezing_a_data_dependent_branch_fails_with_the_line_and_a_repro(
 def test_trace_unrolling_a_loop_over_a_dimension_fails_naming_dim_and_sizes() -> None:
     r = check("torchscript", em.loop_over_seq(), repro=False)
     assert r.status == FAIL, r.explain()
-    assert r.culprit == "input `x` dim 1"
+    assert r.culprit_label == "input `x` dim 1"
     assert "traced at 10" in r.summary and "outputs differ by" in r.summary and "the trace raises" in r.summary
     assert r.location.endswith(line_of(em.LoopOverSeq, "for i in range(x.size(1)):"))
     assert "unrolled" in r.hint
@@ -67,7 +67,7 @@ def test_trace_unrolling_a_loop_over_a_dimension_fails_naming_dim_and_sizes() ->
 def test_trace_baking_a_size_with_int_fails_on_the_batch_dim() -> None:
     r = check("torchscript", em.int_size(), repro=False)
     assert r.status == FAIL, r.explain()
-    assert r.culprit == "input `x` dim 0 (batch)"
+    assert r.culprit_label == "input `x` dim 0 (batch)"
     assert "batch dimension" in r.summary
     assert "int(x.shape[0])" in r.hint and "Python number" in r.hint
 
@@ -75,7 +75,7 @@ def test_trace_baking_a_size_with_int_fails_on_the_batch_dim() -> None:
 def test_trace_of_a_numpy_round_trip_fails_naming_numpy() -> None:
     r = check("torchscript", em.numpy_round_trip(), repro=False)
     assert r.status == FAIL, r.explain()
-    assert r.culprit == "<root> (NumpyRoundTrip)"
+    assert r.culprit_label == "<root> (NumpyRoundTrip)"
     assert "NumPy" in r.hint and r.location.endswith(line_of(em.NumpyRoundTrip, "np.tanh"))
 
 
@@ -95,7 +95,7 @@ def test_export_of_data_dependent_branch_fails_in_plain_words() -> None:
     assert r.status == FAIL, r.explain()
     assert "tensor's value" in r.summary and "if x.sum() > 0:" in r.summary
     assert r.location.endswith(line_of(em.DataDependentIf, "if x.sum() > 0:"))
-    assert r.culprit == "<root> (DataDependentIf)"
+    assert r.culprit_label == "<root> (DataDependentIf)"
     assert "torch.cond" in r.hint or "torch.where" in r.hint
     assert r.metrics["failure_kind"] == "data-dependent"
 
@@ -103,7 +103,7 @@ def test_export_of_data_dependent_branch_fails_in_plain_words() -> None:
 def test_export_keeping_an_undeclared_dim_static_warns_with_the_pinning_line() -> None:
     r = check("torch_export", em.loop_over_seq())
     assert r.status == WARN, r.explain()
-    assert r.culprit == "input `x` dim 1"
+    assert r.culprit_label == "input `x` dim 1"
     assert r.location.endswith(line_of(em.LoopOverSeq, "for i in range(x.size(1)):"))
     assert "kept static" in r.summary and "exported at 10" in r.summary
     assert r.metrics["kept_static"] == "x_dim1" and r.metrics["dynamic_ok"] == "batch"
@@ -112,7 +112,7 @@ def test_export_keeping_an_undeclared_dim_static_warns_with_the_pinning_line() -
 def test_export_of_a_declared_dynamic_dim_that_the_code_pins_fails() -> None:
     r = check("torch_export", em.loop_over_seq_declared(), repro=False)
     assert r.status == FAIL, r.explain()
-    assert r.culprit == "input `x` dim 1 (seq)"
+    assert r.culprit_label == "input `x` dim 1 (seq)"
     assert "declared dynamic" in r.summary
     assert "range(x.size(1))" in r.hint
 
@@ -120,7 +120,7 @@ def test_export_of_a_declared_dynamic_dim_that_the_code_pins_fails() -> None:
 def test_export_with_batch_baked_in_fails_at_the_reshape() -> None:
     r = check("torch_export", em.baked_batch())
     assert r.status == FAIL, r.explain()
-    assert r.culprit == "input `x` dim 0 (batch)"
+    assert r.culprit_label == "input `x` dim 0 (batch)"
     assert r.location.endswith(line_of(em.BakedBatch, "reshape(4, -1)"))
     assert "reshape(x.shape[0], -1)" in r.hint
 
@@ -128,7 +128,7 @@ def test_export_with_batch_baked_in_fails_at_the_reshape() -> None:
 def test_export_of_int_size_fails_naming_the_line() -> None:
     r = check("torch_export", em.int_size(), repro=False)
     assert r.status == FAIL, r.explain()
-    assert r.culprit == "input `x` dim 0 (batch)"
+    assert r.culprit_label == "input `x` dim 0 (batch)"
     assert r.location.endswith(line_of(em.IntSize, "int(x.shape[0])"))
 
 
@@ -141,7 +141,7 @@ def test_numpy_round_trip_exports_through_dynamo() -> None:
 def test_gru_sequence_length_kept_static_is_a_warning_naming_the_gru() -> None:
     r = check("torch_export", em.gru_tagger())
     assert r.status == WARN, r.explain()
-    assert r.culprit == "input `tokens` dim 1"
+    assert r.culprit_label == "input `tokens` dim 1"
     assert "gru (GRU)" in r.hint and "sequence length" in r.hint
     assert r.metrics["dynamic_ok"] == "batch"
 
@@ -153,7 +153,7 @@ def test_gru_sequence_length_kept_static_is_a_warning_naming_the_gru() -> None:
 def test_onnx_names_the_first_diverging_operator_with_its_source_line(tmp_path) -> None:
     r = check("onnx", em.topk_ties(), tmp_path)
     assert r.status == FAIL, r.explain()
-    assert r.culprit.startswith("node_topk") and "(TopK)" in r.culprit
+    assert r.culprit_label.startswith("node_topk") and "(TopK)" in r.culprit_label
     assert r.location.endswith(line_of(em.TopKTies, "topk(3"))
     assert "first diverging ONNX operator" in r.summary
     assert "tie" in r.hint
@@ -174,7 +174,7 @@ def test_onnx_silently_static_batch_fails() -> None:
 def test_onnx_of_declared_seq_pinned_by_a_loop_fails() -> None:
     r = check("onnx", em.loop_over_seq_declared(), repro=False)
     assert r.status == FAIL, r.explain()
-    assert r.culprit == "input `x` dim 1 (seq)"
+    assert r.culprit_label == "input `x` dim 1 (seq)"
     assert "Got invalid dimensions" in r.summary
 
 
@@ -261,7 +261,7 @@ def test_torch_compile_counts_recompiles_with_the_guard() -> None:
     r = check("torch_compile", em.loop_over_seq(), backend="eager")
     assert r.status == WARN, r.explain()
     assert r.metrics["recompiles"] >= 2
-    assert r.culprit == "input `x` dim 1"
+    assert r.culprit_label == "input `x` dim 1"
     assert "size mismatch at index 1" in r.summary
 
 

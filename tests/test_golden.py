@@ -85,7 +85,7 @@ def test_changed_weights_fail_naming_the_tensor_and_module(tmp_path: Path, monke
     monkeypatch.setenv("TORCH_DIAGNOSE_TEST_DRIFT", "1")
     result = run_check("golden", models.drifting_model(), dir=str(tmp_path))
     assert result.status == FAIL
-    assert result.culprit == "head (Linear)"
+    assert result.culprit_label == "head (Linear)"
     assert "`head.weight` changed (norm" in result.hint and "strict=True" in result.hint
     assert "re-record with" in result.hint
     assert result.metrics["weights_changed"] == 1 and result.metrics["outputs_moved"] == 1
@@ -99,7 +99,7 @@ def test_changed_code_fails_naming_the_first_module_that_moved(tmp_path: Path, m
     monkeypatch.setenv("TORCH_DIAGNOSE_TEST_CODE_CHANGE", "1")  # `act` becomes GELU
     result = run_check("golden", models.clean_model(), dir=str(tmp_path))
     assert result.status == FAIL
-    assert result.culprit == "act (Act)"
+    assert result.culprit_label == "act (Act)"
     assert result.location and result.location.startswith(os.path.join("tests", "models", "plugin.py"))
     assert "code changed since recording" in result.hint
     assert result.metrics["weights_changed"] == 0 and result.metrics["environment_changed"] == 0
@@ -115,7 +115,7 @@ def test_a_changed_environment_is_reported(tmp_path: Path, monkeypatch: pytest.M
     assert same.status == PASS and "environment changed since: torch 2.0.0 -> " in same.summary
     monkeypatch.setenv("TORCH_DIAGNOSE_TEST_CODE_CHANGE", "1")
     moved = run_check("golden", models.clean_model(), dir=str(tmp_path))
-    assert moved.status == FAIL and moved.culprit == "act (Act)"
+    assert moved.status == FAIL and moved.culprit_label == "act (Act)"
     assert f"torch 2.0.0 -> {torch.__version__}" in moved.summary and "threads 64 -> " in moved.summary
     assert "environment changed" in moved.hint and "pin the recorded versions" in moved.hint
     assert {row["key"] for row in moved.details["environment_changed"]} == {"torch", "threads"}
@@ -140,7 +140,7 @@ def test_changed_output_structure_fails_naming_the_output(tmp_path: Path) -> Non
     _record(Target(model=model, example_inputs=x, name="heads"), tmp_path)
     model.extra = False
     result = run_check("golden", Target(model=model, example_inputs=x, name="heads"), dir=str(tmp_path))
-    assert result.status == FAIL and result.culprit == "output `scores`"
+    assert result.status == FAIL and result.culprit_label == "output `scores`"
     assert "missing from the actual output" in result.hint
 
 
@@ -190,21 +190,21 @@ def test_roundtrip_without_factory_skips_with_reason() -> None:
 
 def test_mis_shaped_keys_are_named() -> None:
     result = run_check("weights_roundtrip", models.replaced_head())
-    assert result.status == FAIL and result.culprit == "head (Linear)"
+    assert result.status == FAIL and result.culprit_label == "head (Linear)"
     assert "head.weight saved (10, 16) vs fresh (4, 16)" in result.summary
     assert result.metrics["misshaped_keys"] == 2 and "head replaced after construction" in result.hint
 
 
 def test_unexpected_keys_from_state_added_in_forward_are_named() -> None:
     result = run_check("weights_roundtrip", models.buffer_added_in_forward())
-    assert result.status == FAIL and result.culprit == "<root> (CalibratedNet)"
+    assert result.status == FAIL and result.culprit_label == "<root> (CalibratedNet)"
     assert result.details["unexpected_keys"] == ["running_max"]
     assert "create them in __init__" in result.hint
 
 
 def test_missing_keys_are_named() -> None:
     result = run_check("weights_roundtrip", models.missing_block())
-    assert result.status == FAIL and result.culprit == "blocks.2 (Linear)"
+    assert result.status == FAIL and result.culprit_label == "blocks.2 (Linear)"
     assert result.details["missing_keys"] == ["blocks.2.weight", "blocks.2.bias"]
     assert "strict=False would leave them at their random initial values" in result.hint
 
@@ -226,7 +226,7 @@ def test_a_wrapped_checkpoint_prefix_is_recognised() -> None:
 
 def test_state_outside_the_state_dict_is_found() -> None:
     result = run_check("weights_roundtrip", models.hidden_random_buffer())
-    assert result.status == FAIL and result.culprit == "scale (RandomScale)"
+    assert result.status == FAIL and result.culprit_label == "scale (RandomScale)"
     assert "`scale` of scale (RandomScale) is a non-persistent buffer" in result.hint
     assert "register_buffer('scale'" in result.hint
     assert result.metrics["max_abs"] > 0.01
@@ -245,7 +245,7 @@ def test_a_plain_tensor_attribute_is_found() -> None:
     torch.manual_seed(0)
     target = Target(model=Offset().eval(), example_inputs=torch.randn(2, 8), factory=Offset)
     result = run_check("weights_roundtrip", target)
-    assert result.status == FAIL and result.culprit == "<root> (Offset)"
+    assert result.status == FAIL and result.culprit_label == "<root> (Offset)"
     assert "`offset` of <root> (Offset) is a tensor attribute" in result.hint
 
 
@@ -280,4 +280,4 @@ def test_agreement_within_tolerance_but_not_bitwise_warns() -> None:
     result = run_check("weights_roundtrip", target)
     assert result.status == WARN, result.explain()
     assert "within fp32 tolerance, not bitwise" in result.summary
-    assert result.culprit == "<root> (Jitter)" and "`jitter`" in result.hint
+    assert result.culprit_label == "<root> (Jitter)" and "`jitter`" in result.hint

@@ -44,7 +44,7 @@ def test_clean_resnet18_passes_both_dtypes_and_reports_metrics() -> None:
 def test_overflowing_layer_fails_fp16_naming_it_and_passes_bf16() -> None:
     result = run_check("fp16", pm.overflow_net())
     assert result.status == FAIL, result.explain()
-    assert result.culprit == "amp (Linear)"
+    assert result.culprit_label == "amp (Linear)"
     assert result.location and "tests/models/precision.py:" in result.location
     assert "65504" in result.hint and "bf16" in result.hint and "fp32" in result.hint
     assert result.metrics["headroom"] < 1
@@ -59,7 +59,7 @@ def test_overflowing_layer_fails_fp16_naming_it_and_passes_bf16() -> None:
 def test_square_overflowing_inside_a_norm_is_found_by_its_local_error() -> None:
     result = run_check("fp16", pm.rmsnorm_net())
     assert result.status == FAIL, result.explain()
-    assert result.culprit == "norm (RMSNorm)"
+    assert result.culprit_label == "norm (RMSNorm)"
     assert "fp32" in result.hint and "overflowing square" in result.hint
     rows = {row["name"]: row for row in result.details["layers"]}
     assert rows["norm"]["local_rms_rel"] > 0.5 > rows["stem"]["local_rms_rel"]
@@ -70,7 +70,7 @@ def test_square_overflowing_inside_a_norm_is_found_by_its_local_error() -> None:
 def test_activations_below_the_normal_range_are_named() -> None:
     result = run_check("fp16", pm.underflow_net())
     assert result.status == FAIL, result.explain()
-    assert result.culprit == "shrink (Scale)"
+    assert result.culprit_label == "shrink (Scale)"
     assert "smallest normal" in result.hint
     assert result.metrics["budget_use"] > 10
 
@@ -79,7 +79,7 @@ def test_constant_that_does_not_fit_fp16_names_module_and_line() -> None:
     result = run_check("fp16", pm.masked_fill_net())
     assert result.status == FAIL, result.explain()
     assert "cannot run in fp16" in result.summary
-    assert result.culprit == "attn (MaskedAttention)"
+    assert result.culprit_label == "attn (MaskedAttention)"
     assert result.location and "tests/models/precision.py:" in result.location
     assert "masked_fill" in result.hint and "torch.finfo(x.dtype).min" in result.hint
     assert result.details["ways"]["cast"]["raised"]["code"].startswith("scores = scores.masked_fill")
@@ -90,7 +90,7 @@ def test_hardcoded_fp32_tensor_breaks_the_cast_but_not_autocast() -> None:
     result = run_check("fp16", pm.hardcoded_dtype_net())
     assert result.status == WARN, result.explain()
     assert result.metrics["way"] == "autocast" and result.metrics["cast.ran"] is False
-    assert result.culprit == "proj (FixedProjection)"
+    assert result.culprit_label == "proj (FixedProjection)"
     assert "dtype=x.dtype" in result.hint and "x @ proj" in result.hint
     # the model cannot run in fp64 either (the hard-coded fp32 tensor): judged against fp32 instead
     assert result.metrics["reference"] == "fp32"
@@ -100,7 +100,7 @@ def test_transformer_fast_path_under_autocast_warns_and_the_cast_is_judged() -> 
     result = run_check("fp16", pm.padded_encoder())
     assert result.status == WARN, result.explain()
     assert result.metrics["way"] == "cast" and result.metrics["autocast.ran"] is False
-    assert result.culprit.startswith("encoder") and "Transformer" in result.culprit
+    assert result.culprit_label.startswith("encoder") and "Transformer" in result.culprit_label
     assert "set_fastpath_enabled(False)" in result.hint
     assert result.location and "transformer.py" in result.location
     assert result.metrics["budget_use"] < 0.5
@@ -160,7 +160,7 @@ def test_options_are_validated() -> None:
 def test_fp16_on_cuda_overflow_is_named() -> None:
     result = run_one("fp16", Target(*pm.overflow_net()), options=RunOptions(device="cuda"))
     assert result.status == FAIL, result.explain()
-    assert result.culprit == "amp (Linear)"
+    assert result.culprit_label == "amp (Linear)"
     clean = run_one("fp16", Target(*pm.tiny_convnet()), options=RunOptions(device="cuda"))
     assert clean.status == PASS, clean.explain()
 
@@ -170,7 +170,7 @@ def test_positions_in_bf16_break_the_cast_but_not_autocast() -> None:
     assert result.status == WARN, result.explain()
     assert result.metrics["way"] == "autocast"
     assert "deploy with autocast" in result.summary
-    assert result.culprit == "pos (SinusoidalPositions)"
+    assert result.culprit_label == "pos (SinusoidalPositions)"
     assert result.details["layers_way"] == "cast"
 
 
@@ -179,5 +179,5 @@ def test_cancellation_too_noisy_for_bf16_fails_on_the_sqnr_floor() -> None:
     assert result.status == FAIL, result.explain()
     assert result.metrics["budget_use"] < 1  # the ratio rule alone accepts it: fp32 cancels bits too
     assert result.metrics["min_sqnr_db"] < 20 and "too noisy" in result.summary
-    assert result.culprit == "offset (OffsetCancel)"
+    assert result.culprit_label == "offset (OffsetCancel)"
     assert "cancels" in result.hint

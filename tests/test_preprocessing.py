@@ -55,7 +55,7 @@ def test_bgr_from_opencv_is_named_with_cvtcolor_hint() -> None:
     result = check(P.serve_cv2_bgr)
     assert result.status == FAIL, result.explain()
     assert "BGR" in result.summary
-    assert result.culprit.startswith("preprocess serve_cv2_bgr(): channel order BGR")
+    assert result.culprit_label.startswith("preprocess serve_cv2_bgr(): channel order BGR")
     assert "cv2.COLOR_BGR2RGB" in result.hint
     assert result.location and result.location.startswith(MODELS_FILE + ":")
     assert result.metrics["diagnosis"].startswith("channel_order")
@@ -64,15 +64,15 @@ def test_bgr_from_opencv_is_named_with_cvtcolor_hint() -> None:
 def test_channel_flip_step_in_compose_is_named() -> None:
     result = check(P.serving_flip_channels())
     assert result.status == FAIL, result.explain()
-    assert result.culprit.startswith("preprocess[3] Lambda")
-    assert "BGR" in result.culprit
+    assert result.culprit_label.startswith("preprocess[3] Lambda")
+    assert "BGR" in result.culprit_label
     assert "remove the channel flip" in result.hint
 
 
 def test_missing_normalize_is_named_with_the_reference_stats() -> None:
     result = check(P.serving_no_normalize())
     assert result.status == FAIL, result.explain()
-    assert "no Normalize" in result.culprit
+    assert "no Normalize" in result.culprit_label
     assert "un-normalised 0..1" in result.summary
     assert "Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])" in result.hint
     assert result.metrics["scale_diagnosis"] == "0..1 values without Normalize"
@@ -82,7 +82,7 @@ def test_0_255_range_is_named_at_the_todtype_step() -> None:
     result = check(P.serving_0_255())
     assert result.status == FAIL, result.explain()
     assert "0..255" in result.summary
-    assert result.culprit.startswith("preprocess[3] ToDtype")
+    assert result.culprit_label.startswith("preprocess[3] ToDtype")
     assert "scale=True" in result.hint
     # The fit recovers the factor of 255 per channel.
     for c in range(3):
@@ -92,7 +92,7 @@ def test_0_255_range_is_named_at_the_todtype_step() -> None:
 def test_hwc_layout_is_named_and_the_model_error_reported() -> None:
     result = check(P.serve_hwc)
     assert result.status == FAIL, result.explain()
-    assert "HWC" in result.culprit
+    assert "HWC" in result.culprit_label
     assert "permute(2, 0, 1)" in result.hint
     assert result.metrics["serving_shape"] == f"{P.SIZE}x{P.SIZE}x3"
     assert "model fails on the serving tensors" in result.summary
@@ -101,7 +101,7 @@ def test_hwc_layout_is_named_and_the_model_error_reported() -> None:
 def test_nearest_vs_bilinear_resize_is_named() -> None:
     result = check(P.serving_nearest())
     assert result.status == FAIL, result.explain()
-    assert result.culprit == "preprocess[0] Resize(size=73, interpolation=nearest, antialias=True): nearest interpolation"
+    assert result.culprit_label == "preprocess[0] Resize(size=73, interpolation=nearest, antialias=True): nearest interpolation"
     assert "interpolates with nearest instead of bilinear" in result.summary
     assert "InterpolationMode.BILINEAR" in result.hint
     assert result.metrics["pixel_mean_abs_255"] > 2.0
@@ -110,8 +110,8 @@ def test_nearest_vs_bilinear_resize_is_named() -> None:
 def test_wrong_mean_std_is_translated_back_into_the_serving_stats() -> None:
     result = check(P.serving_wrong_mean_std())
     assert result.status == FAIL, result.explain()
-    assert result.culprit.startswith("preprocess[3] Normalize(mean=[0.5, 0.5, 0.5]")
-    assert "wrong mean/std" in result.culprit
+    assert result.culprit_label.startswith("preprocess[3] Normalize(mean=[0.5, 0.5, 0.5]")
+    assert "wrong mean/std" in result.culprit_label
     assert "0.5/0.5" in result.summary
     assert "Normalize(mean=[0.485, 0.456, 0.406]" in result.hint
     finding = next(f for f in result.details["findings"] if f["kind"] == "scale")
@@ -122,16 +122,16 @@ def test_wrong_mean_std_is_translated_back_into_the_serving_stats() -> None:
 def test_double_normalize_is_named() -> None:
     result = check(P.serving_double_normalize())
     assert result.status == FAIL, result.explain()
-    assert "Normalize applied twice" in result.culprit
-    assert result.culprit.startswith("preprocess[4] Normalize")
+    assert "Normalize applied twice" in result.culprit_label
+    assert result.culprit_label.startswith("preprocess[4] Normalize")
     assert "remove the second normalisation" in result.hint
 
 
 def test_random_augmentation_in_serving_is_named() -> None:
     result = check(P.serving_random_crop())
     assert result.status == FAIL, result.explain()
-    assert result.culprit.startswith("preprocess[0] RandomResizedCrop")
-    assert result.culprit.endswith(": random")
+    assert result.culprit_label.startswith("preprocess[0] RandomResizedCrop")
+    assert result.culprit_label.endswith(": random")
     assert "augmentation" in result.hint
 
 
@@ -139,7 +139,7 @@ def test_crop_before_resize_is_named() -> None:
     result = check(P.serving_crop_first())
     assert result.status == FAIL, result.explain()
     assert "crops before resizing" in result.summary
-    assert result.culprit.startswith("preprocess[0] CenterCrop")
+    assert result.culprit_label.startswith("preprocess[0] CenterCrop")
     assert "Resize(73" in result.hint and "then CenterCrop(64)" in result.hint
 
 
@@ -156,7 +156,7 @@ def test_opencv_linear_resize_without_antialias_is_named() -> None:
 def test_batch_dependent_step_is_named() -> None:
     result = check(P.standardizing_pipeline(), P.standardizing_pipeline())
     assert result.status == FAIL, result.explain()
-    assert result.culprit.startswith("preprocess[4] PerImageStandardize")
+    assert result.culprit_label.startswith("preprocess[4] PerImageStandardize")
     assert "batch" in result.summary
     assert result.location and result.location.startswith(MODELS_FILE + ":")
 
@@ -175,13 +175,13 @@ def test_serving_that_raises_fails_clearly() -> None:
     result = check(broken)
     assert result.status == FAIL
     assert "no decoder" in result.summary
-    assert result.culprit.startswith("preprocess broken(): raises")
+    assert result.culprit_label.startswith("preprocess broken(): raises")
 
 
 def test_random_reference_warns_instead_of_comparing() -> None:
     result = check(P.serving_v2(), P.serving_random_crop())
     assert result.status == WARN
-    assert result.culprit.startswith("reference_preprocess[0] RandomResizedCrop")
+    assert result.culprit_label.startswith("reference_preprocess[0] RandomResizedCrop")
 
 
 # -- samples: paths, arrays, skips ---------------------------------------------------------------
@@ -215,7 +215,7 @@ def test_file_path_samples_with_cv2_imread_bgr_fail(tmp_path) -> None:
     assert result.status == FAIL, result.explain()
     assert result.metrics["samples_source"] == "target"
     assert result.metrics["serving_input"] == "raw" and result.metrics["reference_input"] == "pil"
-    assert "BGR" in result.culprit and "cvtColor" in result.hint
+    assert "BGR" in result.culprit_label and "cvtColor" in result.hint
 
 
 def test_file_path_samples_with_cv2_imread_rgb_pass(tmp_path) -> None:
@@ -237,7 +237,7 @@ def test_array_samples_skipped_by_v2_resize_are_named() -> None:
     arrays = [np.asarray(img.reduce(3)) for img in generated_images(3, seed=7)]
     result = run_check("preprocessing", P.target(P.serving_v2(), samples=arrays))
     assert result.status == FAIL, result.explain()
-    assert "output size" in result.culprit
+    assert "output size" in result.culprit_label
     assert "ToImage() first" in result.hint
 
 
@@ -331,13 +331,13 @@ def test_slightly_wrong_mean_warns_with_the_shift() -> None:
     assert result.status == WARN, result.explain()
     assert "differs slightly" in result.summary
     assert result.metrics["scale_shift_255"] == pytest.approx(0.005 * 255, rel=0.05)
-    assert result.culprit.startswith("preprocess[3] Normalize(mean=[0.48,")
+    assert result.culprit_label.startswith("preprocess[3] Normalize(mean=[0.48,")
 
 
 def test_missing_center_crop_is_named() -> None:
     result = check(T.Compose([T.Resize(P.RESIZE), T.ToTensor(), T.Normalize(P.MEAN, P.STD)]))
     assert result.status == FAIL, result.explain()
-    assert result.culprit.endswith("no CenterCrop")
+    assert result.culprit_label.endswith("no CenterCrop")
     assert "then CenterCrop(64)" in result.hint
 
 
@@ -366,7 +366,7 @@ def test_dict_outputs_are_diagnosed_per_leaf() -> None:
     result = run_check("preprocessing", Target(Wrapped().eval(), x, preprocess=serving,
                                                reference_preprocess=lambda img: {"pixel_values": ref(img)}))
     assert result.status == FAIL, result.explain()
-    assert "no Normalize" in result.culprit and "`pixel_values`" in result.culprit
+    assert "no Normalize" in result.culprit_label and "`pixel_values`" in result.culprit_label
 
 
 def test_scaled_twice_is_named() -> None:
@@ -374,7 +374,7 @@ def test_scaled_twice_is_named() -> None:
     result = check(serving)
     assert result.status == FAIL, result.explain()
     assert "divides by 255 twice" in result.summary
-    assert result.culprit.startswith("preprocess[3] Lambda")
+    assert result.culprit_label.startswith("preprocess[3] Lambda")
     assert "remove the extra `/ 255`" in result.hint
 
 
@@ -383,7 +383,7 @@ def test_nan_in_serving_tensors_is_reported() -> None:
     serving = T.Compose([T.Resize(P.RESIZE), T.CenterCrop(P.SIZE), T.ToTensor(), T.Lambda(torch.log), T.Normalize(P.MEAN, P.STD)])
     result = check(serving)
     assert result.status == FAIL, result.explain()
-    assert "NaN/Inf" in result.summary and "NaN/Inf" in result.culprit
+    assert "NaN/Inf" in result.summary and "NaN/Inf" in result.culprit_label
 
 
 def test_works_without_opencv(monkeypatch) -> None:
@@ -394,7 +394,7 @@ def test_works_without_opencv(monkeypatch) -> None:
     assert result.status == FAIL, result.explain()
     assert result.metrics["opencv"] is False
     assert "decode_cv2_vs_pil_mean_abs_255" not in result.metrics
-    assert "nearest" in result.culprit
+    assert "nearest" in result.culprit_label
     assert all("OpenCV" not in row["variant"] for row in result.details["analysis"]["serving_variants"])
 
 

@@ -17,7 +17,7 @@ from tests.models import precision as pm
 def test_outlier_channel_fails_naming_the_layer_that_reads_it() -> None:
     result = run_check("quantization", pm.outlier_mlp())
     assert result.status == FAIL, result.explain()
-    assert result.culprit == "fc2 (Linear)"
+    assert result.culprit_label == "fc2 (Linear)"
     assert "channel 7" in result.hint and "act (ReLU)" in result.hint and "float" in result.hint
     assert result.metrics["dynamic.sqnr_db"] < 10 and result.metrics["static.sqnr_db"] < 10
     ranked = result.details["sensitivity"]["static"]
@@ -29,7 +29,7 @@ def test_outlier_channel_fails_naming_the_layer_that_reads_it() -> None:
 def test_outlier_channel_in_a_convnet_fails_static_only() -> None:
     result = run_check("quantization", pm.outlier_convnet())
     assert result.status == FAIL, result.explain()
-    assert result.culprit == "conv2 (Conv2d)"
+    assert result.culprit_label == "conv2 (Conv2d)"
     assert result.metrics["dynamic.status"] == PASS and result.metrics["static.status"] == FAIL
     assert "channel 3" in result.hint
     # static is much worse than dynamic, and the check says the calibration data is not why
@@ -40,7 +40,7 @@ def test_fx_flow_tries_keeping_the_culprit_in_float() -> None:
     result = run_check("quantization", pm.outlier_mlp(), static_flow="fx")
     assert result.status == FAIL
     assert result.metrics["static.flow"] == "fx"
-    assert result.culprit == "fc2 (Linear)"
+    assert result.culprit_label == "fc2 (Linear)"
     assert any(k.startswith("sqnr_db_with_fc2_in_float") for k in result.metrics)
 
 
@@ -142,5 +142,5 @@ def test_cuda_run_quantizes_on_cpu_and_says_so() -> None:
 
     result = run_one("quantization", Target(*pm.outlier_mlp()), options=RunOptions(device="cuda"))
     assert result.status == FAIL, result.explain()
-    assert result.culprit == "fc2 (Linear)"
+    assert result.culprit_label == "fc2 (Linear)"
     assert "ran on CPU" in result.summary and result.metrics["quantized_device"] == "cpu"

@@ -14,7 +14,7 @@ from tests.models import faulty
 def test_list_attribute_that_grows_is_named_with_growth_and_line() -> None:
     result = run_check("state_mutation", fam.list_cache())
     assert result.status == FAIL, result.explain()
-    assert result.culprit == "cache (list)"
+    assert result.culprit_label == "cache (list)"
     assert "grew from 0 to 3 items over 3 calls" in result.summary
     assert "`ListCacheNet.forward`" in result.hint and "self.cache.append" in result.hint
     assert result.location and "determinism_family.py:" in result.location
@@ -24,7 +24,7 @@ def test_list_attribute_that_grows_is_named_with_growth_and_line() -> None:
 def test_counter_buffer_incremented_in_forward_is_named() -> None:
     result = run_check("state_mutation", fam.counter_buffer())
     assert result.status == FAIL
-    assert result.culprit == "calls (buffer)"
+    assert result.culprit_label == "calls (buffer)"
     assert "changed from 0 to 3" in result.summary
     assert "self.calls += 1" in result.hint
 
@@ -32,7 +32,7 @@ def test_counter_buffer_incremented_in_forward_is_named() -> None:
 def test_dict_cache_keyed_by_call_and_its_step_counter_are_both_named() -> None:
     result = run_check("state_mutation", fam.dict_cache_by_call(), calls=4)
     assert result.status == FAIL
-    assert result.culprit == "block.cache (dict)"
+    assert result.culprit_label == "block.cache (dict)"
     changes = {c["path"]: c for c in result.details["changes"]}
     assert set(changes) == {"block.cache", "block.step"}
     assert "grew from 0 to 4 items" in changes["block.cache"]["change"]
@@ -43,7 +43,7 @@ def test_dict_cache_keyed_by_call_and_its_step_counter_are_both_named() -> None:
 def test_keyword_inputs_and_nested_outputs_with_history_on_a_child_module() -> None:
     result = run_check("state_mutation", fam.kwarg_history())
     assert result.status == FAIL
-    assert result.culprit == "memory.history (list)"
+    assert result.culprit_label == "memory.history (list)"
     # mutated from the parent's forward: the line is found there
     assert "KwargHistoryNet.forward" in result.hint
     assert "self.memory.history.append" in result.hint
@@ -52,7 +52,7 @@ def test_keyword_inputs_and_nested_outputs_with_history_on_a_child_module() -> N
 def test_batchnorm_left_training_is_traced_to_the_override_and_eval() -> None:
     result = run_check("state_mutation", fam.bn_training_stats())
     assert result.status == FAIL
-    assert result.culprit == "block.norm (BatchNorm1d)"
+    assert result.culprit_label == "block.norm (BatchNorm1d)"
     assert "is in training mode" in result.hint and "`.eval()`" in result.hint
     assert "`train()` override of `block` (StickyTrainBlock)" in result.hint
     assert "num_batches_tracked changed from 0 to 3" in result.summary
@@ -62,7 +62,7 @@ def test_batchnorm_left_training_is_traced_to_the_override_and_eval() -> None:
 def test_cache_filled_once_on_the_first_call_is_a_warning() -> None:
     result = run_check("state_mutation", fam.lazy_table())
     assert result.status == WARN, result.explain()
-    assert result.culprit.startswith("_table")
+    assert result.culprit_label.startswith("_table")
     assert "first call" in result.hint
     assert result.metrics["mutated_every_call"] == 0 and result.metrics["filled_on_first_call"] == 1
 

@@ -94,7 +94,7 @@ def _detail_body(r: CheckResult, final: bool) -> str:
     facts: dict[str, str] = {}
     if r.culprit or r.location:
         where = f" <code>{esc(r.location)}</code>" if r.location else ""
-        facts["culprit"] = prose(r.culprit or "") + where
+        facts["culprit"] = prose(r.culprit_label) + where
     if r.hint:
         facts["hint"] = prose(r.hint)
     facts["family"] = esc(r.family)
@@ -135,7 +135,7 @@ def render_html(run: "RunReport", *, final: bool = True) -> str:
     open_by_default = (WARN, FAIL, ERROR)
     for i, r in enumerate(run.results):
         rid = f"d{i}"
-        culprit = prose(r.culprit or "") + (f" <code>{esc(r.location)}</code>" if r.location else "")
+        culprit = prose(r.culprit_label) + (f" <code>{esc(r.location)}</code>" if r.location else "")
         rows.append(
             f'<tr class="res {r.status}" onclick="toggleRow(\'{rid}\')"><td class="st">{esc(r.status)}</td>'
             f"<td><code>{esc(r.check)}</code></td><td>{prose(r.summary)}</td><td>{culprit}</td>"

@@ -49,7 +49,7 @@ def _properties(parent: ET.Element, items: list[tuple[str, Any]]) -> None:
 def testcase(result: CheckResult) -> ET.Element:
     case = ET.Element("testcase", classname=f"diagnose.{result.family or 'checks'}", name=_text(result.check),
                       time=f"{result.duration_s:.3f}")
-    _properties(case, [("status", result.status), ("culprit", result.culprit), ("location", result.location),
+    _properties(case, [("status", result.status), ("culprit", result.culprit_label or None), ("location", result.location),
                        ("hint", result.hint), *((f"metric.{k}", v) for k, v in result.metrics.items())])
     message = _text(result.summary)
     if result.status == FAIL:

@@ -62,7 +62,7 @@ def _culprit(result: CheckResult, *, table: bool) -> str:
     if not result.culprit:
         return md_code(result.location, table=table) if result.location else ""
     where = f" at {md_code(result.location, table=table)}" if result.location else ""
-    return md_inline(result.culprit, table=table) + where
+    return md_inline(result.culprit_label, table=table) + where
 
 
 def render_markdown(run: "RunReport", *, final: bool = True) -> str:
