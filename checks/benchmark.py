@@ -14,8 +14,12 @@ import torch
 from torch_diagnose import inputs as inp
 from torch_diagnose.compare import compare
 from torch_diagnose.context import Context, Variant, num_threads
+from torch_diagnose.locate import Culprit
+from torch_diagnose.locate.culprit import INPUT
+from torch_diagnose.memory import model_bytes, resize_batch
 from torch_diagnose.registry import CheckOptions, Option, register
-from torch_diagnose.results import FAIL, PASS, CheckResult
+from torch_diagnose.results import CheckResult
+from torch_diagnose.text import one_line
 from torch_diagnose.timing import TimingStats, cuda_sync_for, measure
 
 #: Verdicts of the judging check under which a variant may be recommended.
@@ -23,15 +27,9 @@ RECOMMENDABLE = ("pass", "warn")
 
 
 def batch_of(inputs: Any, size: int, batch_dim: int = 0) -> Any:
-    """The example inputs resized to `size` along the batch dim (rows repeated cyclically)."""
-    current = inp.batch_size(inputs, batch_dim)
-    if current is None or current == size:
-        return inputs
-    return inp.select_batch(inputs, [i % current for i in range(size)], batch_dim)
-
-
-def model_bytes(model: torch.nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    """The example inputs resized to `size` along the batch dim (rows repeated cyclically); as they are
+    when they have no batch dimension."""
+    return inputs if inp.batch_size(inputs, batch_dim) is None else resize_batch(inputs, size, batch_dim)
 
 
 def _batch_sizes(ctx: Context, opts: CheckOptions) -> list[int]:
@@ -69,7 +67,7 @@ def _matrix(ctx: Context, batch: int, opts: CheckOptions, eager: TimingStats) ->
             row.update(p50_ms=1e3 * stats.p50, p99_ms=1e3 * stats.p99, speedup=eager.p50 / stats.p50 if stats.p50 > 0 else math.inf,
                        max_error=max_error)
         except Exception as exc:
-            row.update(p50_ms=None, p99_ms=None, speedup=None, max_error=None, note=f"could not run: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+            row.update(p50_ms=None, p99_ms=None, speedup=None, max_error=None, note=f"could not run: {one_line(exc, 200)}")
         rows.append(row)
     return rows
 
@@ -123,22 +121,53 @@ def benchmark(ctx: Context, opts: CheckOptions) -> CheckResult:
     and the fastest one that passed its equivalence check. Passes and informs unless
     `max_latency_ms` is set and exceeded.
     """
+    # measure
     threads = opts.threads or torch.get_num_threads()
-    limits = parse_latency_limits(opts.max_latency_ms or ctx.options.max_latency_ms)
-    sizes = _batch_sizes(ctx, opts)
     example_batch = inp.batch_size(ctx.inputs, ctx.batch_dim) or 1
     per_batch: dict[int, TimingStats] = {}
-    metrics: dict[str, Any] = {"threads": threads, "device": str(ctx.device)}
     with num_threads(threads):
-        for size in sizes:
+        for size in _batch_sizes(ctx, opts):
             batch = batch_of(ctx.inputs, size, ctx.batch_dim)
-            stats = _time(lambda b=batch: ctx.forward(b), ctx, opts.min_time_s)
-            per_batch[size] = stats
-            metrics.update(stats.summary(size, prefix=f"b{size}."))
+            per_batch[size] = _time(lambda b=batch: ctx.forward(b), ctx, opts.min_time_s)
         eager = per_batch.get(example_batch) or _time(lambda: ctx.forward(), ctx, opts.min_time_s)
         rows = _matrix(ctx, example_batch, opts, eager) if opts.matrix and ctx.variants else []
+    # judge
     best = recommend(rows) if rows else None
+    limits = parse_latency_limits(opts.max_latency_ms or ctx.options.max_latency_ms)
+    over = [f"batch {size}: p50 {1e3 * stats.p50:.2f} ms > {limit:g} ms" for size, stats in per_batch.items()
+            if (limit := limits.get(size, limits.get(None))) is not None and 1e3 * stats.p50 > limit]
+    metrics: dict[str, Any] = {"threads": threads, "device": str(ctx.device)}
+    for size, stats in per_batch.items():
+        metrics.update(stats.summary(size, prefix=f"b{size}."))
+    details = _details(per_batch, rows, example_batch)
+    if rows:
+        metrics["recommended_variant"] = best["variant"] if best else "none"
+        if best and best["variant"] != "eager":
+            metrics["recommended_speedup"] = best["speedup"]
+    # explain
+    faster = f" ({best['variant']})" if best and best["variant"] != "eager" else ""
+    if over:
+        return CheckResult.failed(
+            "latency over the limit: " + "; ".join(over), metrics=metrics, details=details,
+            culprit=Culprit.named(over[0].split(":")[0], INPUT),
+            hint=f"profile with torch.profiler to find the slow layers; try a faster variant from the matrix{faster}, "
+                 "a smaller batch, or more threads",
+        )
+    hint = None
     noisy = [s for s, st in per_batch.items() if st.noise > 0.25]
+    if noisy:  # informs, never fails: a busy CI machine is not the model's fault
+        metrics["noisy_batch_sizes"] = ",".join(str(s) for s in noisy)
+        hint = (f"timings at batch {', '.join(map(str, noisy))} were noisy (IQR > 25% of the median): the machine was busy; "
+                "re-run on an idle machine before trusting them")
+    lat = ", ".join(f"b{s} p50 {1e3 * st.p50:.2f} ms ({s / st.p50:.1f}/s)" for s, st in per_batch.items())
+    rec = ""
+    if best:
+        rec = f"; fastest faithful variant: {best['variant']}" + (f" ({best['speedup']:.2f}x eager)" if best["variant"] != "eager" else "")
+    return CheckResult.passed(f"{lat} on {threads} thread(s){rec}", metrics=metrics, details=details, hint=hint)
+
+
+def _details(per_batch: dict[int, TimingStats], rows: list[dict[str, Any]], example_batch: int) -> dict[str, Any]:
+    """The latency table, the matrix and their plots."""
     details: dict[str, Any] = {
         "latency": [{"batch": s, **{k: round(v, 4) if isinstance(v, float) else v for k, v in st.summary(s).items()}} for s, st in per_batch.items()],
         "plot": [{
@@ -154,31 +183,7 @@ def benchmark(ctx: Context, opts: CheckOptions) -> CheckResult:
             "kind": "barh", "title": f"p50 latency per variant at batch {example_batch}", "x": [r["variant"] for r in timed],
             "series": {"p50 ms": [r["p50_ms"] for r in timed]}, "xlabel": "variant", "ylabel": "latency (ms)", "logy": False, "always": True,
         })
-        metrics["recommended_variant"] = best["variant"] if best else "none"
-        if best and best["variant"] != "eager":
-            metrics["recommended_speedup"] = best["speedup"]
-    over = []
-    for size, stats in per_batch.items():
-        limit = limits.get(size, limits.get(None))
-        if limit is not None and 1e3 * stats.p50 > limit:
-            over.append(f"batch {size}: p50 {1e3 * stats.p50:.2f} ms > {limit:g} ms")
-    lat = ", ".join(f"b{s} p50 {1e3 * st.p50:.2f} ms ({s / st.p50:.1f}/s)" for s, st in per_batch.items())
-    rec = ""
-    if best:
-        rec = f"; fastest faithful variant: {best['variant']}" + (f" ({best['speedup']:.2f}x eager)" if best["variant"] != "eager" else "")
-    if over:
-        return CheckResult(
-            status=FAIL, summary="latency over the limit: " + "; ".join(over), metrics=metrics, details=details,
-            culprit=over[0].split(":")[0],
-            hint="profile with torch.profiler to find the slow layers; try a faster variant from the matrix"
-                 + (f" ({best['variant']})" if best and best["variant"] != "eager" else "") + ", a smaller batch, or more threads",
-        )
-    hint = None
-    if noisy:  # informs, never fails: a busy CI machine is not the model's fault
-        metrics["noisy_batch_sizes"] = ",".join(str(s) for s in noisy)
-        hint = (f"timings at batch {', '.join(map(str, noisy))} were noisy (IQR > 25% of the median): the machine was busy; "
-                "re-run on an idle machine before trusting them")
-    return CheckResult(status=PASS, summary=f"{lat} on {threads} thread(s){rec}", metrics=metrics, details=details, hint=hint)
+    return details
 
 
 __all__ = ["benchmark", "recommend", "batch_of", "parse_latency_limits", "Variant"]

@@ -7,7 +7,7 @@ differs from the reference (v1 on PIL) only by resampling noise, so `preprocessi
 """
 from __future__ import annotations
 
-from .target import Target
+from .target.base import Target
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]

@@ -12,37 +12,34 @@ import pickle
 import signal
 import sys
 import time
+import traceback
 from typing import Any
 
+from .execute import prepared_target, run_check
 from .options import RunOptions
 from .registry import CheckSpec
 from .results import ERROR, CheckResult
+from .text import one_line
 
 
 def _child(conn: Any, spec_source: str | None, target_blob: bytes | None, options: RunOptions, check_id: str) -> None:
     try:
         from .context import Context
         from .registry import get_check
-        from .runner import run_check
-        from .target import load_target_for
 
-        if spec_source is not None:
-            target = load_target_for(spec_source, options)
-        else:
-            target = pickle.loads(target_blob)  # noqa: S301 - our own bytes from the parent
-        if options.dynamic_dims and not target.dynamic_dims:
-            target.dynamic_dims = options.dynamic_dims
-        ctx = Context(target, options)
-        result = run_check(get_check(check_id), ctx, options)
+        # our own bytes from the parent when there is no spec to load from
+        target = prepared_target(spec_source if spec_source is not None else pickle.loads(target_blob), options)  # noqa: S301
+        result = run_check(get_check(check_id), Context(target, options), options)
         conn.send(result.to_dict())
     except BaseException as exc:  # report anything, even SystemExit, to the parent
-        import traceback
-        conn.send(CheckResult(check=check_id, status=ERROR, summary=f"{type(exc).__name__} in the isolated child: {exc}", details={"traceback": traceback.format_exc()}).to_dict())
+        conn.send(CheckResult(check=check_id, status=ERROR, summary=f"{type(exc).__name__} in the isolated child: {one_line(exc, with_type=False)}",
+                              details={"traceback": traceback.format_exc()}).to_dict())
     finally:
         conn.close()
 
 
 def run_isolated(spec: CheckSpec, target: Any, options: RunOptions) -> CheckResult:
+    """Run one check in a spawned child; a crash, hang or exit there becomes this check's `error`."""
     start = time.perf_counter()
     source = target.source if target.source and not target.source.startswith("<") else None
     blob = None
@@ -53,11 +50,22 @@ def run_isolated(spec: CheckSpec, target: Any, options: RunOptions) -> CheckResu
             return CheckResult(check=spec.id, family=spec.family, status=ERROR,
                                summary=f"--isolate needs a target spec or a picklable Target: {exc}",
                                hint="load the target from a spec (file.py:factory) to isolate its checks")
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(child, source, blob, options, spec.id), daemon=True)
+    timeout = options.timeout + 60.0  # the child applies the timeout itself; this catches native hangs
+    payload, exitcode = _run_child(source, blob, options, spec.id, timeout)
+    result = CheckResult.from_dict(payload) if payload is not None else _lost_child(exitcode, timeout)
+    result.check, result.family, result.duration_s = spec.id, spec.family, time.perf_counter() - start
+    return result
+
+
+def _run_child(source: str | None, blob: bytes | None, options: RunOptions, check_id: str,
+               timeout: float) -> tuple[dict[str, Any] | None, int | None]:
+    """(the child's result payload or None, its exit code); a child still running after `timeout`
+    seconds is killed and its exit code is None (it hung rather than crashed)."""
     from .target import ADDED_PATHS
 
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(child, source, blob, options, check_id), daemon=True)
     hidden = [p for p in ADDED_PATHS if p in sys.path]
     for path in hidden:  # the child copies sys.path at start; a target folder's cuda.py would shadow torch's
         sys.path.remove(path)
@@ -66,33 +74,33 @@ def run_isolated(spec: CheckSpec, target: Any, options: RunOptions) -> CheckResu
     finally:
         sys.path.extend(hidden)
     child.close()
-    timeout = options.timeout + 60.0  # the child applies the timeout itself; this catches native hangs
-    payload = None
+    payload, hung = None, True
     try:
-        if parent.poll(timeout):
+        hung = not parent.poll(timeout)
+        if not hung:
             try:
                 payload = parent.recv()
-            except EOFError:
+            except EOFError:  # the child died without a result: its exit code says how
                 payload = None
     finally:
+        if payload is None and not hung:
+            proc.join(5)  # let a crashing child finish dying, so its signal is what it died of
         if payload is None and proc.is_alive():
             proc.kill()
         proc.join(10)
-    duration = time.perf_counter() - start
-    if payload is not None:
-        result = CheckResult.from_dict(payload)
-    elif proc.exitcode is not None and proc.exitcode < 0:
-        sig = -proc.exitcode
+    return payload, None if hung else proc.exitcode
+
+
+def _lost_child(exitcode: int | None, timeout: float) -> CheckResult:
+    """What to say when the child sent no result: crashed by a signal, hung, or exited."""
+    if exitcode is not None and exitcode < 0:
         try:
-            name = signal.Signals(sig).name
+            name = signal.Signals(-exitcode).name
         except ValueError:
-            name = f"signal {sig}"
-        result = CheckResult(status=ERROR, summary=f"the check's process crashed with {name} (native code: an exporter, runtime or kernel)",
-                             hint="re-run this check alone with --debug to see where; the other checks were not affected")
-    elif proc.exitcode is None or payload is None and proc.exitcode in (None, -9):
-        result = CheckResult(status=ERROR, summary=f"the check's process hung past {timeout:g} s and was killed",
-                             hint="raise --timeout if the model is just slow")
-    else:
-        result = CheckResult(status=ERROR, summary=f"the check's process exited with code {proc.exitcode} without a result")
-    result.check, result.family, result.duration_s = spec.id, spec.family, duration
-    return result
+            name = f"signal {-exitcode}"
+        return CheckResult(status=ERROR, summary=f"the check's process crashed with {name} (native code: an exporter, runtime or kernel)",
+                           hint="re-run this check alone with --debug to see where; the other checks were not affected")
+    if exitcode is None:
+        return CheckResult(status=ERROR, summary=f"the check's process hung past {timeout:g} s and was killed",
+                           hint="raise --timeout if the model is just slow")
+    return CheckResult(status=ERROR, summary=f"the check's process exited with code {exitcode} without a result")

@@ -110,28 +110,25 @@ def parse_device(text: str) -> str:
     return text
 
 
-def parse_positive_float(text: Any) -> float | None:
+def _positive(text: Any, kind: type, noun: str) -> Any:
+    """`kind(text)` when it is above zero; None for nothing given; else a usage error naming `noun`."""
     if text is None or text == "":
         return None
     try:
-        value = float(text)
+        value = kind(text)
     except (TypeError, ValueError):
-        raise UsageError(f"expected a number, got {text!r}") from None
+        raise UsageError(f"expected a {noun}, got {text!r}") from None
     if not value > 0:  # also rejects NaN
-        raise UsageError(f"expected a positive number, got {text!r}")
+        raise UsageError(f"expected a positive {noun}, got {text!r}")
     return value
+
+
+def parse_positive_float(text: Any) -> float | None:
+    return _positive(text, float, "number")
 
 
 def parse_positive_int(text: Any) -> int | None:
-    if text is None or text == "":
-        return None
-    try:
-        value = int(text)
-    except (TypeError, ValueError):
-        raise UsageError(f"expected a whole number, got {text!r}") from None
-    if value <= 0:
-        raise UsageError(f"expected a positive whole number, got {text!r}")
-    return value
+    return _positive(text, int, "whole number")
 
 
 def parse_int(text: Any) -> int:

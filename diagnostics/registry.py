@@ -7,24 +7,59 @@ arrow goes one way: checks import diagnostics.
 """
 from __future__ import annotations
 
+import difflib
 import importlib
+import os
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from .errors import UsageError
+from .text import one_line
 
 
 @dataclass(frozen=True)
 class Option:
-    """A typed option of one check, settable as `-o CHECK.NAME=VALUE` or by keyword in the API."""
+    """A typed option of one check, settable as `-o CHECK.NAME=VALUE` or by keyword in the API.
+
+    choices: the closed set of values allowed (each item, for a list option); anything else is a
+             one-line usage error that offers the closest match.
+    parse:   a custom converter `raw -> value` used instead of `type` for given values (raise
+             UsageError or ValueError with what is wrong).
+    The default is trusted as written (converted to `type` only), so it may lie outside `choices`
+    to mean "not set".
+    Checks never validate their options themselves: the registry does it here, before a check runs.
+    """
 
     name: str
     type: type
     default: Any
     help: str = ""
+    choices: tuple[Any, ...] | None = None
+    parse: Callable[[Any], Any] | None = None
 
-    def parse(self, raw: Any) -> Any:
-        if raw is None or isinstance(raw, self.type) and not (self.type is int and isinstance(raw, bool)):
+    def value(self, raw: Any, *, given: bool = True) -> Any:
+        """The option's value from a raw one (a command-line string, or a value given in Python);
+        `given=False` for the default, which a custom `parse` does not see."""
+        if raw is None:
+            return raw
+        if not given:  # the check's own default: trusted as written (only typed)
+            return raw if self.parse is not None else self._typed(raw)
+        if self.parse is None:
+            value = self._typed(raw)
+        else:
+            try:
+                value = self.parse(raw)
+            except (UsageError, TypeError, ValueError) as exc:
+                raise UsageError(f"option {self.name}: {one_line(exc, with_type=False) or f'cannot read {raw!r}'}") from None
+        if self.choices is not None:
+            for item in value if isinstance(value, (list, tuple)) and self.type in (list, tuple) else [value]:
+                if item not in self.choices:
+                    raise UsageError(f"option {self.name}: {item!r} is not one of {', '.join(map(str, self.choices))}"
+                                     + did_you_mean(str(item), [str(c) for c in self.choices]))
+        return value
+
+    def _typed(self, raw: Any) -> Any:
+        if isinstance(raw, self.type) and not (self.type is int and isinstance(raw, bool)):
             return raw
         if self.type is bool:
             text = str(raw).strip().lower()
@@ -41,6 +76,12 @@ class Option:
             return self.type(raw)
         except (TypeError, ValueError):
             raise UsageError(f"option {self.name}: expected {self.type.__name__}, got {raw!r}") from None
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """`; did you mean 'determinism'?` for a misspelt name, or "" when nothing is close."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 class CheckOptions(dict):
@@ -75,8 +116,10 @@ class CheckSpec:
         unknown = sorted(set(given) - set(known))
         if unknown:
             names = ", ".join(known) or "none"
-            raise UsageError(f"check {self.id!r} has no option {unknown[0]!r} (its options: {names})")
-        return CheckOptions({name: opt.parse(given.get(name, opt.default)) for name, opt in known.items()})
+            raise UsageError(f"check {self.id!r} has no option {unknown[0]!r} (its options: {names})"
+                             + did_you_mean(unknown[0], known))
+        return CheckOptions({name: opt.value(given[name]) if name in given else opt.value(opt.default, given=False)
+                             for name, opt in known.items()})
 
 
 _REGISTRY: dict[str, CheckSpec] = {}
@@ -110,26 +153,33 @@ def register(
     return wrap
 
 
-def load_checks() -> dict[str, CheckSpec]:
-    """Import every check provider once: built-ins, `torch_diagnose.checks` entry points, and the
+def check_providers() -> list[str]:
+    """Check provider modules, in order: built-ins, `torch_diagnose.checks` entry points, and the
     comma-separated modules in $TORCH_DIAGNOSE_CHECKS (a project's own checks, no packaging needed)."""
+    providers = ["torch_diagnose.checks"]
+    try:
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group="torch_diagnose.checks"):
+            if ep.value not in providers:
+                providers.append(ep.value)
+    except Exception:  # metadata can be missing when running from a source tree
+        pass
+    extra = [m.strip() for m in os.environ.get("TORCH_DIAGNOSE_CHECKS", "").split(",") if m.strip()]
+    return providers + [m for m in extra if m not in providers]
+
+
+def registered_checks() -> dict[str, CheckSpec]:
+    """The checks registered so far, without importing any provider."""
+    return dict(_REGISTRY)
+
+
+def load_checks() -> dict[str, CheckSpec]:
+    """Import every check provider once (see `check_providers`); the checks in run order."""
     global _loaded
     if not _loaded:
         _loaded = True
-        providers = ["torch_diagnose.checks"]
-        try:
-            from importlib.metadata import entry_points
-
-            for ep in entry_points(group="torch_diagnose.checks"):
-                if ep.value not in providers:
-                    providers.append(ep.value)
-        except Exception:  # metadata can be missing when running from a source tree
-            pass
-        import os
-
-        extra = [m.strip() for m in os.environ.get("TORCH_DIAGNOSE_CHECKS", "").split(",") if m.strip()]
-        providers += [m for m in extra if m not in providers]
-        for name in providers:
+        for name in check_providers():
             importlib.import_module(name)
     return dict(sorted(_REGISTRY.items(), key=lambda kv: (kv[1].order, kv[0])))
 
@@ -137,7 +187,8 @@ def load_checks() -> dict[str, CheckSpec]:
 def get_check(check_id: str) -> CheckSpec:
     checks = load_checks()
     if check_id not in checks:
-        raise UsageError(f"unknown check {check_id!r}; known checks: {', '.join(checks)} (see --list-checks)")
+        raise UsageError(f"unknown check {check_id!r}{did_you_mean(check_id, checks)} "
+                         f"(known checks: {', '.join(checks)}; see --list-checks)")
     return checks[check_id]
 
 
@@ -165,7 +216,8 @@ def select_checks(include: list[str] | None = None, skip: list[str] | None = Non
                 chosen |= {cid for cid, spec in checks.items() if spec.family == name and (spec.default or not for_include)}
             else:
                 raise UsageError(
-                    f"unknown check or family {name!r}; checks: {', '.join(checks)}; families: {', '.join(sorted(families))}"
+                    f"unknown check or family {name!r}{did_you_mean(name, [*checks, *families])} "
+                    f"(checks: {', '.join(checks)}; families: {', '.join(sorted(families))})"
                 )
         return chosen
 

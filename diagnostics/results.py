@@ -34,6 +34,8 @@ class CheckResult:
     details:  anything structured (tables, per-layer errors) for JSON/HTML reports.
     location: "file:line" of the culprit's source when known (used for CI annotations); taken
               from the culprit when not given.
+    caused_by: the id of the root check whose failure this result follows from (see rootcause.py);
+              such a result is a consequence: it never counts as a failure of its own.
 
     A check reads as measure -> judge -> explain and ends with one of the constructors:
     `CheckResult.passed(summary, ...)`, `.warned(...)`, `.failed(...)`, `.skipped(reason)`.
@@ -49,6 +51,7 @@ class CheckResult:
     details: dict[str, Any] = field(default_factory=dict)
     location: str | None = None
     family: str = ""
+    caused_by: str | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

@@ -1,24 +1,24 @@
 """The runner: picks checks, runs each with a timeout, shares the Context, feeds the reporters.
 
 A check that raises ends as `error` with its message; a check that times out ends as `error`;
-the run goes on. With `isolate=True` each check runs in a child process (see `isolation.py`), so
-a segfault, abort or hang in native code is contained too. Ctrl-C stops after the current check.
+the run goes on (see `execute.py`). With `isolate=True` each check runs in a child process (see
+`isolation.py`), so a segfault, abort or hang in native code is contained too. Ctrl-C stops after
+the current check.
 """
 from __future__ import annotations
 
-import contextlib
 import signal
+import sys
 import threading
 import time
-import traceback
-import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Protocol
 
 from .errors import UsageError
+from .execute import cuda_skip, prepared_target, run_check
 from .options import RunOptions
-from .registry import CheckSpec, select_checks
-from .results import ERROR, FAIL, PASS, SEVERITY, SKIP, STATUSES, WARN, CheckResult, SkipCheck
+from .registry import CheckSpec, did_you_mean, load_checks, select_checks
+from .results import ERROR, FAIL, PASS, SEVERITY, SKIP, STATUSES, WARN, CheckResult, jsonable
 
 
 class Reporter(Protocol):
@@ -26,10 +26,6 @@ class Reporter(Protocol):
     def check_started(self, spec: CheckSpec) -> None: ...
     def check_finished(self, result: CheckResult, run: "RunReport") -> None: ...
     def finish(self, run: "RunReport") -> None: ...
-
-
-class CheckTimeout(Exception):
-    pass
 
 
 @dataclass
@@ -72,8 +68,6 @@ class RunReport:
         raise KeyError(check_id)
 
     def to_dict(self) -> dict[str, Any]:
-        from .results import jsonable
-
         return jsonable({
             "schema_version": 1,
             "target": self.target,
@@ -86,61 +80,6 @@ class RunReport:
             "duration_s": self.duration_s,
             "overhead": self.overhead,
         })
-
-
-@contextlib.contextmanager
-def _time_limit(seconds: float | None) -> Iterator[None]:
-    """Raise CheckTimeout in the main thread after `seconds` (Python code only; native code with --isolate)."""
-    if not seconds or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
-        yield
-        return
-
-    def on_alarm(signum: int, frame: Any) -> None:
-        raise CheckTimeout(f"timed out after {seconds:g} s")
-
-    old = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
-def run_check(spec: CheckSpec, ctx: Any, options: RunOptions, given: dict[str, Any] | None = None) -> CheckResult:
-    """Run one check in this process and always return a result (never raises, except Ctrl-C)."""
-    start = time.perf_counter()
-    try:
-        opts = spec.resolve_options(options.check_options(spec.id) if given is None else given)
-        with _time_limit(options.timeout), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # exporters and quantizers warn a lot; checks capture what matters
-            result = spec.func(ctx, opts)
-        if not isinstance(result, CheckResult):
-            raise TypeError(f"check {spec.id} returned {type(result).__name__}, not a CheckResult")
-    except SkipCheck as exc:
-        result = CheckResult(status=SKIP, summary=str(exc) or "not applicable")
-    except CheckTimeout as exc:
-        result = CheckResult(status=ERROR, summary=f"{exc}; raise --timeout or run with --isolate",
-                             hint="a check that hangs inside native code can only be stopped with --isolate")
-    except UsageError as exc:
-        result = CheckResult(status=ERROR, summary=str(exc))
-    except KeyboardInterrupt:
-        raise
-    except Exception as exc:  # the check broke: report it, keep the run going
-        tb = traceback.format_exc()
-        result = CheckResult(status=ERROR, summary=f"{type(exc).__name__}: {_first_line(exc)}",
-                             details={"traceback": tb})
-        if options.debug:
-            traceback.print_exc()
-    result.check = spec.id
-    result.family = spec.family
-    result.duration_s = time.perf_counter() - start
-    return result
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:500] if text else repr(exc)
 
 
 class _InterruptFlag:
@@ -159,8 +98,6 @@ class _InterruptFlag:
         if self.set:
             raise KeyboardInterrupt
         self.set = True
-        import sys
-
         print("\ninterrupted: finishing the current check, then stopping (Ctrl-C again to stop now)", file=sys.stderr)
 
     def __exit__(self, *exc: Any) -> None:
@@ -179,53 +116,19 @@ def run(
     """Run the selected checks on `target` (a Target or a spec string) and return the RunReport."""
     from .context import Context
     from .environment import environment
-    from .target import Target, load_target_for
 
     options = options or RunOptions()
     wall = time.perf_counter()
-    if isinstance(target, str):
-        target = load_target_for(target, options)
-    assert isinstance(target, Target)
-    if options.dynamic_dims and not target.dynamic_dims:
-        target.dynamic_dims = options.dynamic_dims
+    target = prepared_target(target, options)
     selected = checks if checks is not None else select_checks(options.checks or None, options.skip or None)
-    for spec in selected:  # fail early on misspelt check options
-        spec.resolve_options(options.check_options(spec.id))
-    unknown = set(options.option) - {s.id for s in selected}
-    from .registry import load_checks
-
-    unknown_ids = unknown - set(load_checks())
-    if unknown_ids:
-        raise UsageError(f"-o names unknown check {sorted(unknown_ids)[0]!r}; see --list-checks")
+    _validate_check_options(selected, options)
     ctx = context or Context(target, options)
-    report = RunReport(target=target.describe(), environment=environment(ctx.device), options=_jsonable_options(options))
+    report = RunReport(target=target.describe(), environment=environment(ctx.device), options=jsonable(options.as_dict()))
     reporters = reporters or []
     setup_s = time.perf_counter() - wall
     for rep in reporters:
         rep.start(report, selected)
-    check_s = 0.0
-    with _InterruptFlag() as interrupted:
-        for spec in selected:
-            if interrupted.set:
-                report.interrupted = True
-                break
-            for rep in reporters:
-                rep.check_started(spec)
-            if spec.needs_cuda and ctx.device.type != "cuda":
-                result = CheckResult(check=spec.id, family=spec.family, status=SKIP, summary="needs a CUDA device; none is in use here (--device cuda on a GPU machine)")
-            elif options.isolate:
-                from .isolation import run_isolated
-
-                result = run_isolated(spec, target, options)
-            else:
-                result = run_check(spec, ctx, options)
-            check_s += result.duration_s
-            report.results.append(result)
-            report.notes = list(dict.fromkeys([*report.notes, *ctx.notes]))
-            for rep in reporters:
-                rep.check_finished(result, report)
-        if interrupted.set:
-            report.interrupted = True
+    check_s = _run_selected(selected, target, ctx, options, report, reporters)
     report.duration_s = time.perf_counter() - wall
     report.overhead = {
         "setup_s": setup_s,
@@ -239,30 +142,55 @@ def run(
     return report
 
 
-def _jsonable_options(options: RunOptions) -> dict[str, Any]:
-    from .results import jsonable
+def _validate_check_options(selected: list[CheckSpec], options: RunOptions) -> None:
+    """Fail early, before any check runs, on misspelt check options and on -o naming no check."""
+    for spec in selected:
+        spec.resolve_options(options.check_options(spec.id))
+    known = set(load_checks())
+    unknown = set(options.option) - {s.id for s in selected} - known
+    if unknown:
+        name = sorted(unknown)[0]
+        raise UsageError(f"-o names unknown check {name!r}{did_you_mean(name, known)}; see --list-checks")
 
-    return jsonable(options.as_dict())
+
+def _run_selected(selected: list[CheckSpec], target: Any, ctx: Any, options: RunOptions, report: RunReport,
+                  reporters: list[Reporter]) -> float:
+    """Run the checks in order, feeding each result to the reporters; returns the seconds spent in checks."""
+    check_s = 0.0
+    with _InterruptFlag() as interrupted:
+        for spec in selected:
+            if interrupted.set:
+                break
+            for rep in reporters:
+                rep.check_started(spec)
+            result = cuda_skip(spec, ctx)
+            if result is None and options.isolate:
+                from .isolation import run_isolated
+
+                result = run_isolated(spec, target, options)
+            elif result is None:
+                result = run_check(spec, ctx, options)
+            check_s += result.duration_s
+            report.results.append(result)
+            report.notes = list(dict.fromkeys([*report.notes, *ctx.notes]))
+            for rep in reporters:
+                rep.check_finished(result, report)
+        report.interrupted = interrupted.set
+    return check_s
 
 
 def run_one(check_id: str, target: Any, options: RunOptions | None = None, context: Any | None = None, **check_options: Any) -> CheckResult:
     """Run a single check (the Python API's and the pytest fixture's entry point)."""
     from .context import Context
     from .registry import get_check
-    from .target import load_target_for
 
     options = options or RunOptions()
     spec = get_check(check_id)
-    if isinstance(target, str):
-        target = load_target_for(target, options)
-    if options.dynamic_dims and not target.dynamic_dims:
-        target.dynamic_dims = options.dynamic_dims
+    target = prepared_target(target, options)
     ctx = context or Context(target, options)
     given = {**options.check_options(check_id), **check_options}
     spec.resolve_options(given)
-    if spec.needs_cuda and ctx.device.type != "cuda":
-        return CheckResult(check=spec.id, family=spec.family, status=SKIP, summary="needs a CUDA device; none is in use here")
-    return run_check(spec, ctx, options, given)
+    return cuda_skip(spec, ctx) or run_check(spec, ctx, options, given)
 
 
-__all__ = ["run", "run_one", "run_check", "RunReport", "Reporter", "PASS", "WARN", "FAIL", "SKIP", "ERROR", "Callable"]
+__all__ = ["run", "run_one", "run_check", "RunReport", "Reporter", "PASS", "WARN", "FAIL", "SKIP", "ERROR"]

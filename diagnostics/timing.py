@@ -122,3 +122,40 @@ def cuda_sync_for(device: Any) -> Callable[[], None] | None:
     if getattr(device, "type", str(device)).startswith("cuda") and torch.cuda.is_available():
         return lambda: torch.cuda.synchronize(device)
     return None
+
+
+def time_unsynced(fn: Callable[[], Any], n: int, device: Any) -> tuple[float, float]:
+    """(median single call, mean call in a loop), timed without waiting for the GPU: what a naive timer reads.
+
+    Single calls start on a drained queue but the clock stops before the GPU finishes; the loop is
+    launch-bound until the queue fills."""
+    import torch
+
+    singles = []
+    for _ in range(n):
+        torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        singles.append(time.perf_counter() - t0)
+    torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    loop = (time.perf_counter() - t0) / n
+    torch.cuda.synchronize(device)
+    return sorted(singles)[len(singles) // 2], loop
+
+
+def time_cuda_events(fn: Callable[[], Any], n: int) -> float:
+    """Median seconds per call between CUDA events recorded around it."""
+    import torch
+
+    times = []
+    for _ in range(n):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1000.0)
+    return sorted(times)[len(times) // 2]

@@ -229,7 +229,7 @@ def test_parity_explanation_logic_picks_the_setting_that_restores_parity() -> No
     """explain_difference on stand-in runs: only 'tf32_off' brings the error under tolerance."""
     import contextlib
 
-    from torch_diagnose.checks.cuda import explain_difference
+    from torch_diagnose.parity import explain_difference
 
     errors = {"baseline": 1e-3, "tf32_off": 1e-7, "cudnn_deterministic": 1e-3, "all_strict": 1e-7}
     current: list[str] = []

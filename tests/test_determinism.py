@@ -156,8 +156,13 @@ def test_skipping_threads_and_layouts_leaves_the_repeat_and_seed_runs() -> None:
 
 
 def test_unknown_layout_is_a_usage_error() -> None:
-    result = run_check("determinism", faulty.small_net(), layouts=["diagonal"])
-    assert result.status == ERROR and "unknown layout" in result.summary
+    """The registry validates the layouts before the check runs (Option choices)."""
+    from torch_diagnose import UsageError
+
+    with pytest.raises(UsageError, match="option layouts: 'diagonal' is not one of auto, channels_last, strided"):
+        run_check("determinism", faulty.small_net(), layouts=["diagonal"])
+    result = run_check("determinism", faulty.small_net(), layouts="none", threads=0, grad_modes=False)
+    assert result.status == PASS and not any("contiguous" in r["comparison"] for r in result.details["comparisons"])
 
 
 @pytest.mark.parametrize("factory", [fam.text_classifier, fam.gru_tagger, fam.multi_in_out])

@@ -44,6 +44,7 @@ def test_trace_freezing_a_data_dependent_branch_fails_with_the_line_and_a_repro(
     r = check("torchscript", em.data_dependent_if(), tmp_path)
     assert r.status == FAIL, r.explain()
     assert r.culprit_label == "<root> (DataDependentIf)"
+    assert r.culprit.kind == "module" and r.culprit.code == "if x.sum() > 0:"  # the module, at the line
     assert r.location.endswith(line_of(em.DataDependentIf, "if x.sum() > 0:"))
     assert "negative values" in r.summary or "fresh values" in r.summary
     assert "data-dependent branch" in r.hint and "if x.sum() > 0:" in r.hint
@@ -103,7 +104,7 @@ def test_export_of_data_dependent_branch_fails_in_plain_words() -> None:
 def test_export_keeping_an_undeclared_dim_static_warns_with_the_pinning_line() -> None:
     r = check("torch_export", em.loop_over_seq())
     assert r.status == WARN, r.explain()
-    assert r.culprit_label == "input `x` dim 1"
+    assert r.culprit_label == "input `x` dim 1" and r.culprit.kind == "input"
     assert r.location.endswith(line_of(em.LoopOverSeq, "for i in range(x.size(1)):"))
     assert "kept static" in r.summary and "exported at 10" in r.summary
     assert r.metrics["kept_static"] == "x_dim1" and r.metrics["dynamic_ok"] == "batch"
@@ -182,6 +183,7 @@ def test_onnx_export_failure_is_a_finding_with_the_line() -> None:
     r = check("onnx", em.data_dependent_if())
     assert r.status == FAIL, r.explain()
     assert r.location.endswith(line_of(em.DataDependentIf, "if x.sum() > 0:"))
+    assert r.culprit_label == "<root> (DataDependentIf)"  # the module whose forward the exporter stopped in
     assert "ONNX export fails" in r.summary and "torch.where" in r.hint
 
 
@@ -253,6 +255,7 @@ def test_torch_compile_counts_graph_breaks_with_their_line() -> None:
     r = check("torch_compile", em.data_dependent_if(), backend="eager")
     assert r.status == WARN, r.explain()
     assert r.metrics["graph_breaks"] == 1 and r.metrics["cases_mismatch"] == 0
+    assert r.culprit_label == "<root> (DataDependentIf)"
     assert r.location.endswith(line_of(em.DataDependentIf, "if x.sum() > 0:"))
     assert "Data-dependent branching" in r.summary
 

@@ -227,6 +227,7 @@ def test_a_wrapped_checkpoint_prefix_is_recognised() -> None:
 def test_state_outside_the_state_dict_is_found() -> None:
     result = run_check("weights_roundtrip", models.hidden_random_buffer())
     assert result.status == FAIL and result.culprit_label == "scale (RandomScale)"
+    assert result.culprit.kind == "module" and result.location.startswith(os.path.join("tests", "models", "plugin.py"))
     assert "`scale` of scale (RandomScale) is a non-persistent buffer" in result.hint
     assert "register_buffer('scale'" in result.hint
     assert result.metrics["max_abs"] > 0.01

@@ -11,7 +11,6 @@ from torch_diagnose.memory import (
     BudgetAllocator,
     LiveBytesTracker,
     fit_linear,
-    format_bytes,
     input_bytes,
     is_oom,
     measure_peak,
@@ -22,6 +21,7 @@ from torch_diagnose.memory import (
     search_max_batch,
     simulated_try,
 )
+from torch_diagnose.text import format_bytes
 from tests.models import cuda_models as models
 
 F32 = 4  # bytes per float32 element

@@ -189,3 +189,34 @@ def test_pyproject_unknown_key_and_bad_toml(tmp_path: Path) -> None:
     path.write_text("[tool.diagnose\n")
     with pytest.raises(UsageError, match="cannot read"):
         pyproject_defaults(tmp_path)
+
+
+def test_check_option_choices_and_parser_are_validated_by_the_registry() -> None:
+    from torch_diagnose.registry import CheckSpec, Option
+
+    spec = CheckSpec("demo_check", "f", "t", func=lambda ctx, opts: None, options=(
+        Option("mode", str, "auto", "how", choices=("auto", "fast", "slow")),
+        Option("ways", list, ["cast"], "which", choices=("autocast", "cast")),
+        Option("ms", str, "", "latency", parse=lambda raw: float(raw)),
+    ))
+    assert spec.resolve_options({}) == {"mode": "auto", "ways": ["cast"], "ms": ""}  # defaults as written
+    assert spec.resolve_options({"mode": "fast", "ways": "cast,autocast", "ms": "2.5"}) == {
+        "mode": "fast", "ways": ["cast", "autocast"], "ms": 2.5}
+    with pytest.raises(UsageError) as info:
+        spec.resolve_options({"mode": "fsat"})
+    assert str(info.value) == "option mode: 'fsat' is not one of auto, fast, slow; did you mean 'fast'?"
+    with pytest.raises(UsageError, match="'autocats' is not one of autocast, cast; did you mean 'autocast'"):
+        spec.resolve_options({"ways": "cast,autocats"})
+    with pytest.raises(UsageError, match="^option ms: could not convert"):
+        spec.resolve_options({"ms": "fast"})
+    with pytest.raises(UsageError, match="has no option 'mdoe'.*did you mean 'mode'"):
+        spec.resolve_options({"mdoe": "fast"})
+
+
+def test_unknown_check_names_offer_the_closest_match() -> None:
+    from torch_diagnose.registry import get_check, select_checks
+
+    with pytest.raises(UsageError, match="unknown check 'determinsm'; did you mean 'determinism'"):
+        get_check("determinsm")
+    with pytest.raises(UsageError, match="unknown check or family 'eval_mod'; did you mean 'eval_mode'"):
+        select_checks(["eval_mod"])

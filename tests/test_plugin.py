@@ -331,8 +331,8 @@ def test_fail_on_warn_turns_warnings_into_failures(project: pytest.Pytester) -> 
         from torch_diagnose import CheckResult
 
         def test_warn(pytestconfig):
-            from torch_diagnose.pytest_plugin import _state
-            state = _state(pytestconfig)
+            from torch_diagnose.plugin.session import state as session_state
+            state = session_state(pytestconfig)
             assert state.failing(CheckResult(check="x", status="warn", summary="s"))
             assert not state.failing(CheckResult(check="x", status="skip", summary="s"))
     """)

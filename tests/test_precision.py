@@ -45,6 +45,7 @@ def test_overflowing_layer_fails_fp16_naming_it_and_passes_bf16() -> None:
     result = run_check("fp16", pm.overflow_net())
     assert result.status == FAIL, result.explain()
     assert result.culprit_label == "amp (Linear)"
+    assert result.culprit.kind == "module" and result.culprit.is_user_code
     assert result.location and "tests/models/precision.py:" in result.location
     assert "65504" in result.hint and "bf16" in result.hint and "fp32" in result.hint
     assert result.metrics["headroom"] < 1
@@ -83,6 +84,7 @@ def test_constant_that_does_not_fit_fp16_names_module_and_line() -> None:
     assert result.location and "tests/models/precision.py:" in result.location
     assert "masked_fill" in result.hint and "torch.finfo(x.dtype).min" in result.hint
     assert result.details["ways"]["cast"]["raised"]["code"].startswith("scores = scores.masked_fill")
+    assert result.culprit.code.startswith("scores = scores.masked_fill")
     assert run_check("bf16", pm.masked_fill_net()).status == PASS  # -1e9 fits bf16
 
 
@@ -102,8 +104,22 @@ def test_transformer_fast_path_under_autocast_warns_and_the_cast_is_judged() -> 
     assert result.metrics["way"] == "cast" and result.metrics["autocast.ran"] is False
     assert result.culprit_label.startswith("encoder") and "Transformer" in result.culprit_label
     assert "set_fastpath_enabled(False)" in result.hint
-    assert result.location and "transformer.py" in result.location
+    assert result.location and result.location.startswith("torch/nn/modules/transformer.py:")  # torch named briefly
     assert result.metrics["budget_use"] < 0.5
+
+
+def test_layer_call_sites_name_library_lines_not_the_harness() -> None:
+    """A torchvision block is called from torchvision's code: its call site is that library line,
+    not the test or runner line that called the model (a user frame outside the model never wins)."""
+    from torch_diagnose.precision.ranges import record_ranges
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    rows = {r.name: r for r in record_ranges(model, torch.randn(1, 3, 32, 32))}
+    site = rows["layer1.0.conv1"].call_site
+    assert site is not None and site.location.startswith("torchvision/models/resnet.py:"), site
+    assert rows["layer1.0.conv1"].culprit.library == "torchvision"
+    assert rows[""].call_site is None  # the root is called by the harness
 
 
 def test_user_tolerance_is_enforced() -> None:

@@ -56,6 +56,7 @@ def test_bgr_from_opencv_is_named_with_cvtcolor_hint() -> None:
     assert result.status == FAIL, result.explain()
     assert "BGR" in result.summary
     assert result.culprit_label.startswith("preprocess serve_cv2_bgr(): channel order BGR")
+    assert result.culprit.kind == "step"
     assert "cv2.COLOR_BGR2RGB" in result.hint
     assert result.location and result.location.startswith(MODELS_FILE + ":")
     assert result.metrics["diagnosis"].startswith("channel_order")
@@ -157,6 +158,7 @@ def test_batch_dependent_step_is_named() -> None:
     result = check(P.standardizing_pipeline(), P.standardizing_pipeline())
     assert result.status == FAIL, result.explain()
     assert result.culprit_label.startswith("preprocess[4] PerImageStandardize")
+    assert result.culprit.kind == "step" and result.culprit.location == result.location
     assert "batch" in result.summary
     assert result.location and result.location.startswith(MODELS_FILE + ":")
 
@@ -279,6 +281,7 @@ def test_audit_0_255_warns() -> None:
     result = audit(_batch(raw=True) * 255)
     assert result.status == WARN
     assert "un-normalised" in result.summary and "0..255" in result.summary
+    assert result.culprit.kind == "input" and result.culprit_label == "input `x` (NCHW, float32)"
 
 
 def test_audit_uint8_warns() -> None:

@@ -18,6 +18,7 @@ def test_outlier_channel_fails_naming_the_layer_that_reads_it() -> None:
     result = run_check("quantization", pm.outlier_mlp())
     assert result.status == FAIL, result.explain()
     assert result.culprit_label == "fc2 (Linear)"
+    assert result.culprit.kind == "module" and result.location.startswith("tests/models/precision.py:")
     assert "channel 7" in result.hint and "act (ReLU)" in result.hint and "float" in result.hint
     assert result.metrics["dynamic.sqnr_db"] < 10 and result.metrics["static.sqnr_db"] < 10
     ranked = result.details["sensitivity"]["static"]
@@ -86,6 +87,7 @@ def test_real_calibration_and_labels_pass() -> None:
     assert result.metrics["accuracy_fp32"] == 1.0
     assert result.metrics["dynamic.accuracy"] >= 0.95 and result.metrics["static.accuracy"] >= 0.95
     assert result.metrics["calibration_samples"] == 64
+    assert "KiB" in result.summary and " kB" not in result.summary  # binary units, as everywhere
 
 
 class Branchy(nn.Module):

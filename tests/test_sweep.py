@@ -8,11 +8,15 @@ import sys
 import torch
 
 from torch_diagnose import Target
-from torch_diagnose import repro
-from torch_diagnose import sweep as sw
 from torch_diagnose.context import Context
+from torch_diagnose.export import repro
+from torch_diagnose.export.build import build_sweep
+from torch_diagnose.export.cases import fill_values, named_leaves, resize, resize_dim
+from torch_diagnose.export.run import evaluate, judge
 from torch_diagnose.inputs import call_model
 from torch_diagnose.options import RunOptions
+from torch_diagnose.text import one_line
+from torch_diagnose.tree import map_leaves
 from tests.models import export as em
 
 
@@ -23,7 +27,7 @@ def ctx_for(target, **options) -> Context:
 
 
 def test_image_dims_discovered_channels_stay_static() -> None:
-    sweep = sw.build_sweep(ctx_for(em.conv_net()))
+    sweep = build_sweep(ctx_for(em.conv_net()))
     dyn = {g.name: g for g in sweep.dynamic_groups}
     assert set(dyn) == {"batch", "x_dim2", "x_dim3"}
     assert dyn["batch"].required and not dyn["x_dim2"].required
@@ -40,7 +44,7 @@ def test_image_dims_discovered_channels_stay_static() -> None:
 
 
 def test_shared_sequence_dim_of_keyword_inputs_moves_together() -> None:
-    sweep = sw.build_sweep(ctx_for(em.transformer_kwargs()))
+    sweep = build_sweep(ctx_for(em.transformer_kwargs()))
     batch = sweep.group("batch")
     assert set(batch.refs) == {("src", 0), ("padding_mask", 0)}
     seq = sweep.group_of("src", 1)
@@ -50,14 +54,14 @@ def test_shared_sequence_dim_of_keyword_inputs_moves_together() -> None:
 
 
 def test_declared_dims_are_required_and_named() -> None:
-    sweep = sw.build_sweep(ctx_for(em.loop_over_seq_declared()))
+    sweep = build_sweep(ctx_for(em.loop_over_seq_declared()))
     seq = sweep.group("seq")
     assert seq.required and seq.why == "declared dynamic" and seq.dynamic
     assert seq.label == "input `x` dim 1 (seq)"
 
 
 def test_eager_that_rejects_other_batches_names_the_line() -> None:
-    sweep = sw.build_sweep(ctx_for(em.baked_batch()))
+    sweep = build_sweep(ctx_for(em.baked_batch()))
     batch = sweep.group("batch")
     assert not batch.dynamic and batch.required
     assert batch.rejected_at and batch.rejected_at.endswith(f"export.py:{_line_of(em.BakedBatch, 'reshape(4, -1)')}")
@@ -65,14 +69,14 @@ def test_eager_that_rejects_other_batches_names_the_line() -> None:
 
 def test_size_one_batch_is_exported_at_two() -> None:
     model, x = em.dict_heads()
-    sweep = sw.build_sweep(ctx_for((model, x[:1])))
+    sweep = build_sweep(ctx_for((model, x[:1])))
     assert sweep.export_inputs.shape[0] == 2
     assert any("exported at size 2" in n for n in sweep.notes)
     assert all(c.sizes.get("batch", 2) >= 2 for c in sweep.cases if c.kind == "shape")
 
 
 def test_integer_inputs_keep_their_values() -> None:
-    sweep = sw.build_sweep(ctx_for(em.gru_tagger()))
+    sweep = build_sweep(ctx_for(em.gru_tagger()))
     assert not any(c.kind == "values" for c in sweep.cases)
     for case in sweep.cases:
         assert case.inputs.dtype == torch.int64 and int(case.inputs.max()) < 50
@@ -81,40 +85,40 @@ def test_integer_inputs_keep_their_values() -> None:
 def test_nested_and_keyword_inputs_are_named_and_resized() -> None:
     inputs = {"a": torch.zeros(2, 3), "b": (torch.ones(2, 5), torch.arange(4))}
     names = ["a", "b"]
-    assert list(sw.named_leaves(inputs, names)) == ["a", "b[0]", "b[1]"]
-    out = sw.resize(inputs, names, {("b[0]", 1): 7, ("a", 0): 1})
+    assert list(named_leaves(inputs, names)) == ["a", "b[0]", "b[1]"]
+    out = resize(inputs, names, {("b[0]", 1): 7, ("a", 0): 1})
     assert out["a"].shape == (1, 3) and out["b"][0].shape == (2, 7) and torch.equal(out["b"][1], torch.arange(4))
-    tiled = sw.resize_dim(torch.arange(3), 0, 7)
+    tiled = resize_dim(torch.arange(3), 0, 7)
     assert tiled.tolist() == [0, 1, 2, 0, 1, 2, 0]
 
 
 def test_value_sets_have_both_signs_and_scales() -> None:
     x = torch.zeros(3, 4)
-    pos = sw.fill_values(x, kind="positive", scale=10.0, seed=1)
-    neg = sw.fill_values(x, kind="negative", scale=0.1, seed=2)
+    pos = fill_values(x, kind="positive", scale=10.0, seed=1)
+    neg = fill_values(x, kind="negative", scale=0.1, seed=2)
     assert (pos >= 0).all() and pos.abs().mean() > 3
     assert (neg <= 0).all() and neg.abs().mean() < 0.3
     ids = torch.arange(6)
-    assert torch.equal(sw.fill_values(ids, kind="randn", scale=1.0, seed=0), ids)
+    assert torch.equal(fill_values(ids, kind="randn", scale=1.0, seed=0), ids)
 
 
 def test_correct_artifact_passes_every_case() -> None:
     ctx = ctx_for(em.conv_net())
-    sweep = sw.build_sweep(ctx)
+    sweep = build_sweep(ctx)
     model64 = ctx.model_copy().double()
     # a different summation order (fp64 then cast): differences are rounding noise, not faults
-    outcome = sw.evaluate(ctx, sweep, lambda inp: model64(inp.double()).float(), artifact="program")
+    outcome = evaluate(ctx, sweep, lambda inp: model64(inp.double()).float(), artifact="program")
     assert not outcome.failed, outcome.rows()
     assert {gv.verdict for gv in outcome.groups} == {"dynamic"}
 
 
 def test_artifact_that_bakes_the_example_batch_is_wrong_and_one_that_rejects_is_static() -> None:
     ctx = ctx_for(em.dict_heads())
-    sweep = sw.build_sweep(ctx)
+    sweep = build_sweep(ctx)
     model = ctx.model
     baked = lambda inp: {k: v[: inp.shape[0]] if inp.shape[0] <= 4 else torch.cat([v, v])[: inp.shape[0]] * 0 + v.mean()
                          for k, v in model(sweep.example).items()}
-    out = sw.evaluate(ctx, sweep, baked, artifact="trace")
+    out = evaluate(ctx, sweep, baked, artifact="trace")
     batch = next(gv for gv in out.groups if gv.group.name == "batch")
     assert batch.verdict == "wrong" and batch.failed
     assert "traced at 4" in batch.text and "outputs differ by" in batch.text
@@ -124,7 +128,7 @@ def test_artifact_that_bakes_the_example_batch_is_wrong_and_one_that_rejects_is_
             raise RuntimeError("Got invalid dimensions for input: x")
         return model(inp)
 
-    out = sw.evaluate(ctx, sweep, rejecting, artifact="ONNX model")
+    out = evaluate(ctx, sweep, rejecting, artifact="ONNX model")
     batch = next(gv for gv in out.groups if gv.group.name == "batch")
     assert batch.verdict == "static" and batch.failed  # the batch must stay dynamic
     assert "the ONNX model raises" in batch.text
@@ -132,19 +136,19 @@ def test_artifact_that_bakes_the_example_batch_is_wrong_and_one_that_rejects_is_
 
 def test_value_scales_are_judged_against_their_own_fp64_reference() -> None:
     ctx = ctx_for(em.conv_net())
-    sweep = sw.build_sweep(ctx)
+    sweep = build_sweep(ctx)
     case = next(c for c in sweep.cases if c.name.startswith("positive values x10"))
-    noisy = sw.map_leaves(case.expected, lambda t: t * (1 + 4 * torch.finfo(torch.float32).eps))
-    assert sw.judge(ctx, case, noisy).passed
-    wrong = sw.map_leaves(case.expected, lambda t: t + 1e-2 * t.abs().max())
-    assert not sw.judge(ctx, case, wrong).passed
+    noisy = map_leaves(case.expected, lambda t: t * (1 + 4 * torch.finfo(torch.float32).eps))
+    assert judge(ctx, case, noisy).passed
+    wrong = map_leaves(case.expected, lambda t: t + 1e-2 * t.abs().max())
+    assert not judge(ctx, case, wrong).passed
 
 
-def test_first_line_keeps_the_cause() -> None:
+def test_one_line_keeps_the_cause_of_exporter_errors() -> None:
     ts = RuntimeError("The following operation failed in the TorchScript interpreter.\nTraceback of TorchScript:\n  ...\nRuntimeError: index 9 is out of bounds")
-    assert sw.first_line(ts) == "RuntimeError: index 9 is out of bounds"
+    assert one_line(ts) == "RuntimeError: index 9 is out of bounds"
     ort = RuntimeError("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid dimensions for input: x for the following indices\n index: 1 Got: 9 Expected: 10")
-    assert "index: 1 Got: 9 Expected: 10" in sw.first_line(ort)
+    assert "index: 1 Got: 9 Expected: 10" in one_line(ort)
 
 
 def _line_of(cls: type, text: str) -> int:
@@ -161,7 +165,7 @@ def _line_of(cls: type, text: str) -> int:
 def test_shrink_finds_a_small_failing_input_and_bundle_reproduces(tmp_path) -> None:
     model, x = em.loop_over_seq()
     ctx = ctx_for((model, x))
-    sweep = sw.build_sweep(ctx)
+    sweep = build_sweep(ctx)
     import warnings
 
     with warnings.catch_warnings():

@@ -114,6 +114,18 @@ def test_input_shape_replaces_the_factory_inputs() -> None:
     assert target.example_inputs.shape == (6, 8)
 
 
+def test_a_target_file_is_the_users_code_wherever_it_sits(tmp_path: Path) -> None:
+    from torch_diagnose.locate.code import owner
+
+    folder = tmp_path / "site-packages" / "mypkg"
+    folder.mkdir(parents=True)
+    path = folder / "served_model.py"
+    path.write_text("import torch\n\ndef build_model():\n    return torch.nn.Linear(3, 1), torch.zeros(1, 3)\n")
+    assert owner(str(path)) == "library"  # by its path alone
+    load_target(f"{path}:build_model")
+    assert owner(str(path)) == "user"
+
+
 def test_default_factory_names(tmp_path: Path) -> None:
     path = tmp_path / "defaults.py"
     path.write_text("import torch\n\ndef build_model():\n    return torch.nn.Linear(3, 1), torch.zeros(1, 3)\n")

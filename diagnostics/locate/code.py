@@ -44,7 +44,7 @@ _TOOL_DIRS = tuple(
 )
 _STDLIB_DIRS = tuple({os.path.abspath(p) + os.sep for p in (sysconfig.get_paths().get("stdlib"), os.path.dirname(os.__file__)) if p})
 #: Torch files that are plumbing (module call machinery, dispatch), never a useful location.
-_TORCH_PLUMBING = ("nn/modules/module.py", "utils/_python_dispatch.py", "_ops.py", "overrides.py", "_tensor.py",
+_TORCH_PLUMBING = ("nn/modules/module.py", "_compile.py", "utils/_python_dispatch.py", "_ops.py", "overrides.py", "_tensor.py",
                    "utils/_contextlib.py", "_jit_internal.py", "fx/", "_dynamo/", "export/", "_export/", "onnx/")
 
 _user_files: set[str] = set()

@@ -13,6 +13,26 @@ import torch
 from ..tree import flatten
 
 
+def hook_modules(model: torch.nn.Module, pre: Callable[[str, torch.nn.Module], Callable[..., Any]],
+                 post: Callable[[str, torch.nn.Module], Callable[..., Any]], *,
+                 include: Callable[[str, torch.nn.Module], bool] | None = None, with_kwargs: bool = True) -> list[Any]:
+    """Register a forward pre-hook and a forward hook on every (included) module; `pre(name, module)`
+    and `post(name, module)` make the hooks. Returns the handles: remove them with `remove_hooks`."""
+    handles = []
+    for name, module in model.named_modules():
+        if include is not None and not include(name, module):
+            continue
+        handles.append(module.register_forward_pre_hook(pre(name, module), with_kwargs=with_kwargs))
+        handles.append(module.register_forward_hook(post(name, module), with_kwargs=with_kwargs))
+    return handles
+
+
+def remove_hooks(handles: list[Any]) -> None:
+    for handle in handles:
+        handle.remove()
+    handles.clear()
+
+
 @dataclass
 class ModuleCall:
     name: str  # dotted path; repeated calls get `#2`, `#3`
@@ -55,19 +75,13 @@ class ModuleRecorder:
         self._counts: dict[str, int] = {}
 
     def __enter__(self) -> "ModuleRecorder":
-        for name, module in self.model.named_modules():
-            if self.include is not None and not self.include(name, module):
-                continue
-            self._handles.append(module.register_forward_pre_hook(self._pre(name), with_kwargs=True))
-            self._handles.append(module.register_forward_hook(self._post(name), with_kwargs=True))
+        self._handles = hook_modules(self.model, self._pre, self._post, include=self.include)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        remove_hooks(self._handles)
 
-    def _pre(self, name: str) -> Callable[..., None]:
+    def _pre(self, name: str, module: torch.nn.Module) -> Callable[..., None]:
         def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
             snap = _snapshot((args, kwargs) if kwargs else args, "input") if self.record_inputs else {}
             if self.transform:
@@ -76,7 +90,7 @@ class ModuleRecorder:
 
         return hook
 
-    def _post(self, name: str) -> Callable[..., None]:
+    def _post(self, name: str, module: torch.nn.Module) -> Callable[..., None]:
         def hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
             stack = self._pending.get(id(module)) or [{}]
             snap_in = stack.pop() if stack else {}
@@ -108,17 +122,15 @@ class ModuleStack:
 
     def __enter__(self) -> "ModuleStack":
         if self.model is not None:
-            for name, module in self.model.named_modules():
-                self._handles.append(module.register_forward_pre_hook(self._push(name, type(module).__name__)))
-                self._handles.append(module.register_forward_hook(self._pop))
+            self._handles = hook_modules(self.model, self._push, lambda name, module: self._pop, with_kwargs=False)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        remove_hooks(self._handles)
 
-    def _push(self, name: str, type_name: str) -> Callable[..., None]:
+    def _push(self, name: str, module: torch.nn.Module) -> Callable[..., None]:
+        type_name = type(module).__name__
+
         def hook(module: torch.nn.Module, args: Any) -> None:
             self._stack.append((name, type_name))
 

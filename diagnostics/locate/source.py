@@ -3,6 +3,7 @@ a module class is written. Used to turn an exporter's or a profiler's file:line 
 from __future__ import annotations
 
 import inspect
+import linecache
 import os
 
 import torch
@@ -58,3 +59,33 @@ def class_frame(module: torch.nn.Module | type | None, *, user_only: bool = True
     if user_only and owner(span[0]) != "user":
         return None
     return Frame(span[0], span[1], "forward", "")
+
+
+def function_frame(fn: object, *, user_only: bool = False) -> Frame | None:
+    """Where a function, method or class is written (its first line); with `user_only`, None for
+    torch and library code."""
+    try:
+        file = inspect.getsourcefile(fn)  # type: ignore[arg-type]
+        line = inspect.getsourcelines(fn)[1]  # type: ignore[arg-type]
+    except (OSError, TypeError):
+        return None
+    if not file or (user_only and owner(file) != "user"):
+        return None
+    return Frame(file, line, getattr(fn, "__name__", ""), linecache.getline(file, line).strip())
+
+
+def submodule(model: torch.nn.Module, name: str) -> torch.nn.Module | None:
+    """The module at a dotted path (a recorder's `#2` call suffix ignored); None when there is none."""
+    name = name.split("#", 1)[0]
+    try:
+        return model.get_submodule(name) if name else model
+    except AttributeError:
+        return None
+
+
+def module_culprit(model: torch.nn.Module, name: str, module_type: str | None = None) -> Culprit:
+    """`head (Linear)` for a module path, with the line of its `forward` when the user wrote it
+    (`module_type` names it when the path no longer resolves)."""
+    name = name.split("#", 1)[0]
+    module = submodule(model, name)
+    return Culprit.module(name, module if module is not None else module_type, class_frame(module))

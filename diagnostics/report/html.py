@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..results import ERROR, FAIL, STATUSES, WARN, CheckResult, format_value, jsonable
 from .plots import plot_specs, render_result_plots
-from .terminal import counts_text, target_name
+from .wording import counts_text, target_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..runner import RunReport

@@ -12,7 +12,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from ..results import ERROR, FAIL, PASS, SKIP, WARN, CheckResult, format_value
-from .terminal import counts_text, target_name
+from .wording import counts_text, target_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..runner import RunReport

@@ -1,8 +1,4 @@
-"""Live progress and the closing summary on a terminal (or a CI log).
-
-Also home of the small wording helpers the file reports share (`counts_text`, `target_name`), so
-every format says "1 failed, 3 passed" the same way.
-"""
+"""Live progress and the closing summary on a terminal (or a CI log)."""
 from __future__ import annotations
 
 import os
@@ -13,31 +9,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence, TextIO
 
 from ..results import ERROR, FAIL, PASS, SKIP, WARN, CheckResult
+from ..text import squash
+from .files import WRITERS
+from .wording import counts_text, target_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..registry import CheckSpec
     from ..runner import RunReport
 
 _COLORS = {PASS: "32", WARN: "33", FAIL: "1;31", SKIP: "2", ERROR: "1;35"}
-#: Order and wording of the counts line, like pytest's ("1 failed, 3 passed, 1 skipped").
-_COUNT_WORDS = ((ERROR, "error", "errors"), (FAIL, "failed", "failed"), (WARN, "warning", "warnings"),
-                (PASS, "passed", "passed"), (SKIP, "skipped", "skipped"))
 _FALLBACK_WIDTH = 120
-
-
-def counts_text(summary: dict[str, int]) -> str:
-    """`{"fail": 1, "pass": 3, ...}` -> "1 error, 1 failed, 3 passed" (zero counts left out)."""
-    parts = [f"{summary.get(s, 0)} {one if summary.get(s, 0) == 1 else many}" for s, one, many in _COUNT_WORDS
-             if summary.get(s, 0)]
-    return ", ".join(parts) or "no checks ran"
-
-
-def target_name(run: "RunReport") -> str:
-    return str(run.target.get("name") or run.target.get("source") or "model")
-
-
-def one_line(text: str | None) -> str:
-    return " ".join(str(text or "").split())
 
 
 def _is_tty(stream: Any) -> bool:
@@ -97,19 +78,19 @@ class TerminalReporter:
 
     def check_finished(self, result: CheckResult, run: "RunReport") -> None:
         status = self._paint(result.status, f"{result.status.upper():<5}")
-        line = f"  {status}  {result.check:<{self._id_width}}  ({result.duration_s:.1f} s)  {one_line(result.summary)}"
+        line = f"  {status}  {result.check:<{self._id_width}}  ({result.duration_s:.1f} s)  {squash(result.summary)}"
         self._print(line)
         if self.verbose and result.status in (WARN, FAIL, ERROR):
             indent = " " * 9
             if result.culprit:
                 where = f" ({result.location})" if result.location else ""
-                self._print(f"{indent}culprit: {one_line(result.culprit)}{where}")
+                self._print(f"{indent}culprit: {squash(result.culprit)}{where}")
             if result.hint:
-                self._print(f"{indent}hint: {one_line(result.hint)}")
+                self._print(f"{indent}hint: {squash(result.hint)}")
 
     def finish(self, run: "RunReport") -> None:
         for note in run.notes:
-            self._print(f"note: {one_line(note)}")
+            self._print(f"note: {squash(note)}")
         if run.results:
             self._print()
             for line in self.table(run.results):
@@ -127,8 +108,8 @@ class TerminalReporter:
     def table(self, results: list[CheckResult]) -> list[str]:
         """Rows of status, check, summary, culprit, hint; the last three wrapped to fit the width."""
         header = ("status", "check", "summary", "culprit", "hint")
-        rows = [(r.status, r.check, one_line(r.summary),
-                 one_line(r.culprit) + (f" ({r.location})" if r.culprit and r.location else ""), one_line(r.hint))
+        rows = [(r.status, r.check, squash(r.summary),
+                 squash(r.culprit) + (f" ({r.location})" if r.culprit and r.location else ""), squash(r.hint))
                 for r in results]
         fixed = [max(len(header[i]), *(len(row[i]) for row in rows)) for i in (0, 1)]
         natural = [max(len(header[i]), *(len(row[i]) for row in rows)) for i in (2, 3, 4)]
@@ -158,8 +139,6 @@ class TerminalReporter:
     def _written_reports(self, run: "RunReport") -> list[str]:
         if self.report_paths is not None:
             return [str(p) for p in self.report_paths if Path(p).exists()]
-        from . import WRITERS  # lazy: the package imports this module
-
         folder = Path(str(run.options.get("report_dir") or "reports"))
         formats = run.options.get("format") or []
         candidates = [folder / WRITERS[f].filename for f in formats if f in WRITERS]

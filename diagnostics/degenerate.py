@@ -1,0 +1,100 @@
+"""Degenerate outputs: all zero, constant, tied, empty or tiny. Comparisons of such outputs mean little
+(SQNR "inf", top-1 "100%", every export "exact"), so the run finds them once and every verdict that
+relies on comparing outputs says so. Random weights and zero-initialised heads are what users try first."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .tree import iter_leaves
+
+#: Outputs whose RMS is below this are "tiny": random-weight MobileNet/EfficientNet logits sit at 1e-9..1e-14.
+TINY_RMS = 1e-5
+
+_CAUSES = {
+    "zero": "a zero-initialised head or untrained weights (torchvision's ViT zero-initialises its head)",
+    "constant": "the output does not depend on the input (untrained weights, or a constant head)",
+    "tied": "every score in a row is equal (random weights): top-k and argmax comparisons say nothing",
+    "empty": "nothing survived (a score threshold filtering every detection with random weights): lower the threshold or load trained weights",
+    "tiny": "random weights shrink activations layer by layer: errors of the same tiny size pass a fixed tolerance",
+}
+
+
+@dataclass(frozen=True)
+class Degenerate:
+    """One output leaf that cannot support a comparison."""
+
+    leaf: str
+    kind: str  # zero | constant | tied | empty | tiny
+    detail: str  # the numbers
+
+    @property
+    def cause(self) -> str:
+        return _CAUSES[self.kind]
+
+    def describe(self) -> str:
+        return f"`{self.leaf}` {self.detail}"
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "x".join(map(str, t.shape)) or "scalar"
+
+
+def classify(name: str, t: torch.Tensor) -> Degenerate | None:
+    """The degeneracy of one tensor leaf, or None when it can support a comparison."""
+    if t.numel() == 0:
+        return Degenerate(name, "empty", f"is empty ({_shape(t)})")
+    if not t.is_floating_point() and not t.is_complex():
+        return None
+    values = t.detach().to("cpu", torch.float64)
+    if not torch.isfinite(values).all():
+        return None  # NaN/Inf outputs are reported by the comparisons themselves
+    if not values.any():
+        return Degenerate(name, "zero", f"is all zero ({_shape(t)})")
+    lo, hi = float(values.min()), float(values.max())
+    rms = float(values.pow(2).mean().sqrt())
+    if values.numel() > 1 and hi - lo <= 1e-12 * max(abs(lo), abs(hi)):
+        return Degenerate(name, "constant", f"is constant ({lo:.4g} everywhere, {_shape(t)})")
+    if values.dim() >= 2 and values.shape[-1] > 1:
+        spread = (values.amax(-1) - values.amin(-1)).abs()
+        if bool((spread <= 1e-9 * max(rms, 1e-30)).all()):
+            return Degenerate(name, "tied", f"has every score of a row equal ({_shape(t)})")
+    if rms < TINY_RMS:
+        return Degenerate(name, "tiny", f"is tiny (RMS {rms:.2e}, max |x| {max(abs(lo), abs(hi)):.2e})")
+    return None
+
+
+def find_degenerate(outputs: Any) -> list[Degenerate]:
+    """Every degenerate tensor leaf of a model's outputs. The same field of every item of a list
+    (`[0].boxes`, `[1].boxes` of a batch of detections) is one field: degenerate only when it is
+    degenerate in every item."""
+    groups: dict[str, list[Degenerate | None]] = {}
+    for name, leaf in iter_leaves(outputs):
+        if isinstance(leaf, torch.Tensor):
+            groups.setdefault(_strip_index(name), []).append(classify(name, leaf))
+    found = []
+    for field, hits in groups.items():
+        if not hits or any(h is None for h in hits):
+            continue
+        first = hits[0]
+        assert first is not None
+        found.append(first if len(hits) == 1 else Degenerate(field, first.kind, first.detail))
+    return found
+
+
+def _strip_index(name: str) -> str:
+    """`[0].boxes` and `[1].boxes` are the same field of a batch of detections: `[*].boxes`."""
+    import re
+
+    return re.sub(r"^\[\d+\]", "[*]", name)
+
+
+def summarize(found: list[Degenerate]) -> str:
+    """One sentence for a verdict: what is degenerate, with the numbers and the likely cause."""
+    if not found:
+        return ""
+    what = "; ".join(d.describe() for d in found[:4]) + (f"; +{len(found) - 4} more" if len(found) > 4 else "")
+    causes = "; ".join(dict.fromkeys(d.cause for d in found))
+    return f"degenerate outputs: {what}. Likely cause: {causes}"

@@ -1,0 +1,110 @@
+"""Results travel with the test reports (from xdist workers too); the controller, or the single
+process, writes `reports/` and the terminal summary once, after the tests ran."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ..options import RunOptions
+from ..results import SKIP, CheckResult
+from .session import GOLDEN, PENDING, SessionState
+
+
+def attach_results(item: pytest.Item, report: pytest.TestReport) -> None:
+    """Move an item's pending results onto its test report (plain dicts: xdist serialises them)."""
+    pending = item.stash.get(PENDING, None)
+    if pending:
+        report.diagnose_results = list(pending)
+        pending.clear()
+
+
+class ResultCollector:
+    """Gathers the results that arrive with test reports (from xdist workers too); one per config,
+    registered in pytest_configure, so nested sessions (pytester) keep their results apart."""
+
+    def __init__(self, state: SessionState) -> None:
+        self.state = state
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        payloads = getattr(report, "diagnose_results", None)
+        if payloads and not self.state.is_worker:
+            self.state.payloads.extend(payloads)
+
+
+def finish_session(config: pytest.Config, state: SessionState) -> None:
+    """Write the reports when the session has results and somewhere to put them."""
+    if state.is_worker or not state.payloads:
+        return
+    explicit_dir = config.getoption("diagnose_report_dir") is not None
+    has_hooks = bool(config.pluginmanager.hook.pytest_diagnose_reporters.get_hookimpls())
+    if not (state.spec or explicit_dir or has_hooks):
+        return
+    try:
+        _write_reports(config, state, write_files=bool(state.spec or explicit_dir))
+    except Exception as exc:  # a report writer must not turn a green run red; say what happened
+        tr = config.pluginmanager.get_plugin("terminalreporter")
+        if tr is not None:
+            tr.write_line(f"torch-diagnose: writing reports failed: {type(exc).__name__}: {exc}", red=True)
+
+
+def _write_reports(config: pytest.Config, state: SessionState, *, write_files: bool) -> None:
+    from ..registry import CheckSpec
+    from ..results import jsonable
+    from ..runner import RunReport
+
+    options = state.options
+    payloads = _ordered(state.payloads)
+    targets = {p["target"].get("name"): p["target"] for p in payloads}
+    primary = payloads[0]
+    report = RunReport(target=primary["target"], environment=primary["environment"], options=jsonable(options.as_dict()))
+    if len(targets) > 1:
+        report.notes.append(f"results for {len(targets)} targets: {', '.join(map(str, targets))}")
+    specs: dict[str, CheckSpec] = {}
+    for p in payloads:
+        check_id = p["result"].get("check", "")
+        specs.setdefault(check_id, CheckSpec(id=check_id, family=p["result"].get("family", ""), title=p["title"],
+                                             func=lambda ctx, opts: None, order=p["order"]))
+    reporters: list[Any] = _file_reporters(options) if write_files else []
+    config.pluginmanager.hook.pytest_diagnose_reporters(config=config, options=options, reporters=reporters)
+    for rep in reporters:
+        rep.start(report, list(specs.values()))
+    for p in payloads:
+        result = CheckResult.from_dict(p["result"])
+        for rep in reporters:
+            rep.check_started(specs[result.check])
+        report.results.append(result)
+        report.duration_s += result.duration_s
+        for rep in reporters:
+            rep.check_finished(result, report)
+    for rep in reporters:
+        rep.finish(report)
+
+
+def _ordered(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Generated checks first in the registry's order, then fixture results by test: the same order
+    however xdist distributed the work."""
+    return sorted(payloads, key=lambda p: (not p["generated"], p["order"] if p["generated"] else 0, p["nodeid"], p["order"]))
+
+
+def _file_reporters(options: RunOptions) -> list[Any]:
+    try:
+        from ..report import file_reporters
+    except ImportError:
+        return []
+    return list(file_reporters(options))
+
+
+def terminal_summary(tr: Any, state: SessionState) -> None:
+    """One line per result, and how to record the golden outputs that are missing."""
+    if state.is_worker or not state.payloads:
+        return
+    tr.section("torch-diagnose")
+    for p in _ordered(state.payloads):
+        r = p["result"]
+        where = "" if p["generated"] else f" ({p['nodeid']})"
+        tr.write_line(f"{r['status'].upper():5} {r['check']}{where}: {r['summary']}"[:400])
+    unrecorded = [p for p in state.payloads if p["result"]["check"] == GOLDEN and p["result"]["status"] == SKIP]
+    if unrecorded:
+        tr.write_line(f"{len(unrecorded)} golden recording(s) missing; record with --golden-update, e.g.:")
+        tr.write_line("  " + unrecorded[0]["result"]["summary"].rpartition("record with: ")[2])

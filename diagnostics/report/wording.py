@@ -1,0 +1,24 @@
+"""The wording every report shares, so each format says "1 failed, 3 passed" the same way."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..results import ERROR, FAIL, PASS, SKIP, WARN
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..runner import RunReport
+
+#: Order and wording of the counts line, like pytest's ("1 failed, 3 passed, 1 skipped").
+_COUNT_WORDS = ((ERROR, "error", "errors"), (FAIL, "failed", "failed"), (WARN, "warning", "warnings"),
+                (PASS, "passed", "passed"), (SKIP, "skipped", "skipped"))
+
+
+def counts_text(summary: dict[str, int]) -> str:
+    """`{"fail": 1, "pass": 3, ...}` -> "1 error, 1 failed, 3 passed" (zero counts left out)."""
+    parts = [f"{summary.get(s, 0)} {one if summary.get(s, 0) == 1 else many}" for s, one, many in _COUNT_WORDS
+             if summary.get(s, 0)]
+    return ", ".join(parts) or "no checks ran"
+
+
+def target_name(run: "RunReport") -> str:
+    return str(run.target.get("name") or run.target.get("source") or "model")
