@@ -7,6 +7,7 @@ per-call samples). The matrix reuses the variants other checks already built and
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, Callable
 
 import torch
@@ -14,9 +15,10 @@ import torch
 from torch_diagnose import inputs as inp
 from torch_diagnose.compare import compare
 from torch_diagnose.context import Context, Variant, num_threads
+from torch_diagnose.degenerate import degenerate_outputs, summarize
 from torch_diagnose.locate import Culprit
 from torch_diagnose.locate.culprit import INPUT
-from torch_diagnose.memory import model_bytes, resize_batch
+from torch_diagnose.memory import model_bytes
 from torch_diagnose.registry import CheckOptions, Option, register
 from torch_diagnose.results import CheckResult
 from torch_diagnose.text import one_line
@@ -26,26 +28,60 @@ from torch_diagnose.timing import TimingStats, cuda_sync_for, measure
 RECOMMENDABLE = ("pass", "warn")
 
 
-def batch_of(inputs: Any, size: int, batch_dim: int = 0) -> Any:
-    """The example inputs resized to `size` along the batch dim (rows repeated cyclically); as they are
-    when they have no batch dimension."""
-    return inputs if inp.batch_size(inputs, batch_dim) is None else resize_batch(inputs, size, batch_dim)
+def batch_of(inputs: Any, size: int, batch_dim: Any = 0) -> Any:
+    """The example inputs resized to `size` along the batch (the one policy: `inputs.resize_batch`; samples
+    repeated cyclically); as they are when they have no batch dimension."""
+    return inputs if inp.batch_size(inputs, batch_dim) is None else inp.resize_batch(inputs, size, batch_dim)
 
 
-def _batch_sizes(ctx: Context, opts: CheckOptions) -> list[int]:
+def _batch_sizes(ctx: Context, opts: CheckOptions, example: int) -> list[int]:
     if opts.batch_sizes:
         sizes = [int(b) for b in opts.batch_sizes]
     else:
-        example = inp.batch_size(ctx.inputs, ctx.batch_dim) or 1
         sizes = [1, example]
         if ctx.options.batch_size:
             sizes.append(ctx.options.batch_size)
     return sorted(set(s for s in sizes if s > 0))
 
 
-def _time(call: Callable[[], Any], ctx: Context, min_time_s: float) -> TimingStats:
+def _time(call: Callable[[], Any], ctx: Context, min_time_s: float, max_time_s: float | None = None) -> TimingStats:
     with torch.inference_mode():
-        return measure(call, sync=cuda_sync_for(ctx.device), min_time_s=min_time_s)
+        return measure(call, sync=cuda_sync_for(ctx.device), min_time_s=min_time_s, max_time_s=max_time_s)
+
+
+def _one_call(call: Callable[[], Any], ctx: Context) -> tuple[Any, float]:
+    """(output, seconds) of one synchronised call."""
+    sync = cuda_sync_for(ctx.device) or (lambda: None)
+    with torch.inference_mode():
+        sync()
+        start = time.perf_counter()
+        out = call()
+        sync()
+    return out, time.perf_counter() - start
+
+
+def _seconds(s: float) -> str:
+    return f"{s:.1f} s" if s >= 1 else f"{1e3 * s:.1f} ms"
+
+
+def _time_variant(ctx: Context, variant: Variant, opts: CheckOptions, eager: TimingStats) -> dict[str, Any]:
+    """A variant timed within a budget. Its first call gives its output (and error); a variant slower than
+    `max_slowdown` x eager on a warm call is not timed (an emulated fp16 conv can take 25 s a call)."""
+    out, call_s = _one_call(lambda: variant.run(ctx.inputs), ctx)
+    max_error = variant.max_error if variant.max_error is not None else compare(out, ctx.reference).max_abs
+    del out
+    limit = float(opts.max_slowdown) * eager.p50
+    if call_s > limit and call_s < float(opts.max_time_s):  # a slow first call may be warm-up: one warm call decides
+        call_s = _one_call(lambda: variant.run(ctx.inputs), ctx)[1]
+    if call_s > limit:
+        slower = call_s / eager.p50 if eager.p50 > 0 else math.inf
+        low = next((p for p in ("fp16", "bf16") if p in variant.name.lower()), None)
+        why = f" (no fast {low} on this CPU)" if low and (ctx.device is None or ctx.device.type == "cpu") else ""
+        return {"p50_ms": None, "p99_ms": None, "speedup": None, "max_error": max_error, "call_ms": 1e3 * call_s,
+                "not_timed": f"{variant.name}: not timed, {_seconds(call_s)} a call = {slower:.0f}x eager{why}"}
+    stats = _time(lambda: variant.run(ctx.inputs), ctx, opts.min_time_s, float(opts.max_time_s))
+    return {"p50_ms": 1e3 * stats.p50, "p99_ms": 1e3 * stats.p99, "max_error": max_error,
+            "speedup": eager.p50 / stats.p50 if stats.p50 > 0 else math.inf, "samples": stats.n}
 
 
 def _matrix(ctx: Context, batch: int, opts: CheckOptions, eager: TimingStats) -> list[dict[str, Any]]:
@@ -59,13 +95,9 @@ def _matrix(ctx: Context, batch: int, opts: CheckOptions, eager: TimingStats) ->
                                "size_mb": variant.size_bytes / 1e6 if variant.size_bytes else None, "note": variant.note,
                                "source_check": variant.source_check}
         try:
-            out = variant.run(ctx.inputs)
-            max_error = variant.max_error
-            if max_error is None:
-                max_error = compare(out, ctx.reference).max_abs
-            stats = _time(lambda v=variant: v.run(ctx.inputs), ctx, opts.min_time_s)
-            row.update(p50_ms=1e3 * stats.p50, p99_ms=1e3 * stats.p99, speedup=eager.p50 / stats.p50 if stats.p50 > 0 else math.inf,
-                       max_error=max_error)
+            row.update(_time_variant(ctx, variant, opts, eager))
+            if row.get("not_timed"):
+                row["note"] = row["not_timed"] + (f"; {variant.note}" if variant.note else "")
         except Exception as exc:
             row.update(p50_ms=None, p99_ms=None, speedup=None, max_error=None, note=f"could not run: {one_line(exc, 200)}")
         rows.append(row)
@@ -113,6 +145,8 @@ def parse_latency_limits(text: Any) -> dict[int | None, float]:
         Option("min_time_s", float, 0.3, "measure each configuration for at least this long"),
         Option("max_latency_ms", str, "", "fail above this p50 latency: `20` for every batch size or `1=5,8=20` per batch size (also --max-latency-ms)"),
         Option("matrix", bool, True, "also time the deployment variants other checks built"),
+        Option("max_slowdown", float, 10.0, "a variant slower than this many times eager (one warm call) is listed, not timed"),
+        Option("max_time_s", float, 3.0, "time cap per batch size and per variant: fewer samples for slow calls"),
     ),
 )
 def benchmark(ctx: Context, opts: CheckOptions) -> CheckResult:
@@ -123,16 +157,17 @@ def benchmark(ctx: Context, opts: CheckOptions) -> CheckResult:
     """
     # measure
     threads = opts.threads or torch.get_num_threads()
-    example_batch = inp.batch_size(ctx.inputs, ctx.batch_dim) or 1
-    per_batch: dict[int, TimingStats] = {}
+    dims, _source = inp.run_batch_dims(ctx)
+    example_batch = inp.batch_size(ctx.inputs, dims) or 1
+    unit = inp.batch_unit(ctx.inputs, dims)
     with num_threads(threads):
-        for size in _batch_sizes(ctx, opts):
-            batch = batch_of(ctx.inputs, size, ctx.batch_dim)
-            per_batch[size] = _time(lambda b=batch: ctx.forward(b), ctx, opts.min_time_s)
-        eager = per_batch.get(example_batch) or _time(lambda: ctx.forward(), ctx, opts.min_time_s)
+        per_batch, rejected = _per_batch(ctx, opts, dims, example_batch)
+        eager = per_batch.get(example_batch) or _time(lambda: ctx.forward(), ctx, opts.min_time_s, opts.max_time_s)
         rows = _matrix(ctx, example_batch, opts, eager) if opts.matrix and ctx.variants else []
     # judge
-    best = recommend(rows) if rows else None
+    # equal outputs prove nothing when they are degenerate (all zero, tied, empty): no variant is called faithful then
+    degenerate = summarize(degenerate_outputs(ctx)) if rows else ""
+    best = recommend(rows) if rows and not degenerate else None
     limits = parse_latency_limits(opts.max_latency_ms or ctx.options.max_latency_ms)
     over = [f"batch {size}: p50 {1e3 * stats.p50:.2f} ms > {limit:g} ms" for size, stats in per_batch.items()
             if (limit := limits.get(size, limits.get(None))) is not None and 1e3 * stats.p50 > limit]
@@ -140,6 +175,11 @@ def benchmark(ctx: Context, opts: CheckOptions) -> CheckResult:
     for size, stats in per_batch.items():
         metrics.update(stats.summary(size, prefix=f"b{size}."))
     details = _details(per_batch, rows, example_batch)
+    skipped = [r["not_timed"] for r in rows if r.get("not_timed")]
+    if skipped:
+        metrics["not_timed_variants"] = ",".join(r["variant"] for r in rows if r.get("not_timed"))
+    if rejected:
+        details["rejected_batches"] = {str(b): why for b, why in rejected.items()}
     if rows:
         metrics["recommended_variant"] = best["variant"] if best else "none"
         if best and best["variant"] != "eager":
@@ -159,11 +199,45 @@ def benchmark(ctx: Context, opts: CheckOptions) -> CheckResult:
         metrics["noisy_batch_sizes"] = ",".join(str(s) for s in noisy)
         hint = (f"timings at batch {', '.join(map(str, noisy))} were noisy (IQR > 25% of the median): the machine was busy; "
                 "re-run on an idle machine before trusting them")
-    lat = ", ".join(f"b{s} p50 {1e3 * st.p50:.2f} ms ({s / st.p50:.1f}/s)" for s, st in per_batch.items())
+    lat = _latency_line(per_batch, unit, rejected)
     rec = ""
     if best:
         rec = f"; fastest faithful variant: {best['variant']}" + (f" ({best['speedup']:.2f}x eager)" if best["variant"] != "eager" else "")
-    return CheckResult.passed(f"{lat} on {threads} thread(s){rec}", metrics=metrics, details=details, hint=hint)
+    elif degenerate:
+        rec = f"; no variant recommended as faithful (matching eager proves nothing on these outputs): {degenerate}"
+    return CheckResult.passed(f"{lat} on {threads} thread(s){rec}" + "".join(f"; {n}" for n in skipped),
+                              metrics=metrics, details=details, hint=hint)
+
+
+def _per_batch(ctx: Context, opts: CheckOptions, dims: Any, example: int) -> tuple[dict[int, TimingStats], dict[int, str]]:
+    """Eager latency per batch size; a size the model refuses (`x.view(2, -1)`) is recorded with why, not raised."""
+    per_batch: dict[int, TimingStats] = {}
+    rejected: dict[int, str] = {}
+    for size in _batch_sizes(ctx, opts, example):
+        batch = batch_of(ctx.inputs, size, dims)
+        try:
+            per_batch[size] = _time(lambda b=batch: ctx.forward(b), ctx, opts.min_time_s, opts.max_time_s)
+        except Exception as exc:
+            if size == example:
+                raise
+            rejected[size] = inp.rejection(exc)
+    return per_batch, rejected
+
+
+def _latency_line(per_batch: dict[int, TimingStats], unit: str, rejected: dict[int, str]) -> str:
+    """`b1 p50 2.10 ms (476.2/s), ...`; for a list of images `1 image: p50 ... (x images/s)`; and the batches
+    the model rejects."""
+    if unit == "sample":
+        parts = [f"b{s} p50 {1e3 * st.p50:.2f} ms ({s / st.p50:.1f}/s)" for s, st in per_batch.items()]
+    else:
+        parts = [f"{s} {unit}{'s' if s != 1 else ''}: p50 {1e3 * st.p50:.2f} ms ({s / st.p50:.1f} {unit}s/s)"
+                 for s, st in per_batch.items()]
+    line = ", ".join(parts)
+    if rejected:
+        first = next(iter(rejected.values()))
+        line += (f" (the model rejects batch {', '.join(map(str, rejected))}: {first}; only batch "
+                 f"{', '.join(map(str, per_batch))} measured)")
+    return line
 
 
 def _details(per_batch: dict[int, TimingStats], rows: list[dict[str, Any]], example_batch: int) -> dict[str, Any]:

@@ -71,6 +71,8 @@ def run_check(check_id: str, target: Any, **check_options: Any) -> CheckResult:
     from .runner import run_one
     from .target import coerce_target
 
+    from .options import RunOptions
+
     if not isinstance(target, str):
         target = coerce_target(target, source="<python>")
-    return run_one(check_id, target, **check_options)
+    return run_one(check_id, target, RunOptions(checks=[check_id]), **check_options)  # named: runs as if selected

@@ -81,9 +81,12 @@ class Context:
         }
         self._cache: dict[str, Any] = {}
         self._eval_done = False
+        self.eval_error: BaseException | None = None
         self._initial_buffers: dict[str, torch.Tensor] = {}
         #: Deployment variants built by checks, by name; the benchmark reuses them (never rebuilds).
         self.variants: dict[str, Variant] = {}
+        # What loading the target did on the user's behalf (example inputs derived from samples...).
+        self.notes.extend(n for n in getattr(self.target, "setup_notes", ()) if n not in self.notes)
 
     # -- model and inputs ---------------------------------------------------------------------
     @property
@@ -103,7 +106,8 @@ class Context:
             model = self.target.model
             if any(self.initial_training.values()):
                 self.notes.append("the model was handed over in training mode; checks after eval_mode ran it after model.eval()")
-            model.eval()
+            #: what model.eval() raised, when it did (the run then switched each module itself)
+            self.eval_error = switch_to_eval(model, self.notes)
             if self.device is not None and self.device.type != "cpu":
                 model.to(self.device)
             # Buffers before any forward: a model whose forward updates its buffers (running stats,
@@ -128,8 +132,43 @@ class Context:
         return self.target.batch_dim
 
     def model_copy(self, model: torch.nn.Module | None = None) -> torch.nn.Module:
-        """A deep copy, for checks that would change the model (casting, quantizing, mutation)."""
-        return copy.deepcopy(model if model is not None else self.model)
+        """A deep copy, for checks that would change the model (casting, quantizing, mutation).
+
+        `copy.deepcopy` refuses a model holding a tensor with autograd history (a forward hook
+        that stored an activation): such tensors are copied detached, else the model is rebuilt
+        from `target.factory` with this one's state_dict; a note says which happened.
+        """
+        src = model if model is not None else self.model
+        try:
+            new, note = deepcopy_model(src)
+        except Exception as exc:
+            return self._rebuilt_copy(src, exc)
+        if note:
+            self._note_once(note)
+        return new
+
+    def _rebuilt_copy(self, src: torch.nn.Module, first: Exception) -> torch.nn.Module:
+        """`target.factory()` loaded with `src`'s state: the last way to copy a model deepcopy refuses."""
+        from .text import one_line
+
+        why = f"copy.deepcopy(model) raised {one_line(first, 160)}"
+        if self.target.factory is None:
+            raise RuntimeError(f"{why}; give the Target a `factory` so the run can build its own copies") from first
+        from .regression.state import fresh_model
+
+        new = fresh_model(self.target.factory, self.options.seed)
+        new.load_state_dict(src.state_dict())
+        for (_, m_new), (_, m_src) in zip(new.named_modules(), src.named_modules()):
+            m_new.training = m_src.training
+        param = next(iter(src.parameters()), None)
+        if param is not None:
+            new = new.to(param.device)
+        self._note_once(f"{why}; the run's copies of the model are rebuilt from Target.factory with its state_dict")
+        return new
+
+    def _note_once(self, note: str) -> None:
+        if note not in self.notes:
+            self.notes.append(note)
 
     def check_options(self, check_id: str) -> dict[str, Any]:
         return self.options.check_options(check_id)
@@ -196,7 +235,7 @@ class Context:
 
         def build() -> Fp64Reference:
             try:
-                model64 = copy.deepcopy(self.model)
+                model64 = self.model_copy()
                 with torch.no_grad():
                     for name, buffer in model64.named_buffers():
                         initial = self._initial_buffers.get(name)
@@ -238,6 +277,93 @@ class Context:
             return calibrated_tolerances(self.reference, ref64.outputs)
 
         return self.cached("tolerances", build)
+
+
+def grad_tensors(model: torch.nn.Module, depth: int = 3) -> list[tuple[str, torch.Tensor]]:
+    """Tensors with autograd history that modules keep as attributes or buffers (what deepcopy refuses),
+    named like `body.0.saved` (found in lists, dicts and plain objects up to `depth` levels)."""
+    found: list[tuple[str, torch.Tensor]] = []
+    seen: set[int] = set()
+
+    def walk(value: Any, name: str, level: int) -> None:
+        if id(value) in seen or level > depth:
+            return
+        seen.add(id(value))
+        if isinstance(value, torch.Tensor):
+            if not value.is_leaf:
+                found.append((name, value))
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{name}[{key!r}]", level + 1)
+        elif isinstance(value, (list, tuple, set)):
+            for i, item in enumerate(value):
+                walk(item, f"{name}[{i}]", level + 1)
+        elif hasattr(value, "__dict__") and not isinstance(value, (torch.nn.Module, type)) and not callable(value):
+            for key, item in vars(value).items():
+                walk(item, f"{name}.{key}", level + 1)
+
+    for mod_name, module in model.named_modules():
+        for attr, value in vars(module).items():
+            if attr in ("_parameters", "_modules"):
+                continue
+            prefix = f"{mod_name}." if mod_name else ""
+            if attr == "_buffers":
+                for key, buf in value.items():
+                    walk(buf, prefix + key, 0)
+            else:
+                walk(value, prefix + attr, 0)
+    return found
+
+
+def deepcopy_model(model: torch.nn.Module) -> tuple[torch.nn.Module, str | None]:
+    """`copy.deepcopy(model)`, with tensors that hold autograd history (which deepcopy refuses) copied
+    detached; the second item says when that happened. Raises when even that fails."""
+    try:
+        return copy.deepcopy(model), None
+    except Exception:
+        held = grad_tensors(model)
+        if not held:
+            raise
+    new = copy.deepcopy(model, {id(t): t.detach().clone() for _, t in held})
+    return new, (f"the model holds tensors with autograd history ({', '.join(n for n, _ in held[:3])}"
+                 f"{', ...' if len(held) > 3 else ''}), which copy.deepcopy refuses; "
+                 "the run's copies of the model hold them detached")
+
+
+def switch_to_eval(model: torch.nn.Module, notes: list[str]) -> BaseException | None:
+    """`model.eval()`; when it raises (a `train` that shadows nn.Module.train(mode) with a training
+    loop), every module is switched with nn.Module's own flag instead, a note names the override,
+    and the exception is returned."""
+    try:
+        model.eval()
+        return None
+    except Exception as exc:
+        from .text import one_line
+
+        error, raised = one_line(exc, 160), exc
+    for module in model.modules():
+        module.training = False  # nn.Module.train(m, False) would call the shadowed train() of children
+    found = shadowed_train(model)
+    label, user_code = found or ("", False)
+    notes.append(f"model.eval() raised {error}: " + (f"{label} shadows nn.Module.train(mode); " if found else "")
+                 + "the run switched every module to eval mode with nn.Module's own flag instead"
+                 + (" (renaming the override, e.g. to `fit`, lets model.eval() work)" if user_code else ""))
+    return raised
+
+
+def shadowed_train(model: torch.nn.Module) -> tuple[str, bool] | None:
+    """(`Class.train` (file:line), written in user code?) of the first module whose class overrides
+    nn.Module.train."""
+    from .locate.source import function_frame
+
+    for module in model.modules():
+        fn = getattr(type(module), "train", None)
+        if fn is not None and fn is not torch.nn.Module.train:
+            frame = function_frame(fn)
+            where = f" ({frame.location})" if frame else ""
+            name = getattr(fn, "__qualname__", type(module).__name__ + ".train")
+            return f"`{name}`{where}", bool(frame and frame.owner == "user")
+    return None
 
 
 def call_detached(model: Callable[..., Any], inputs: Any) -> Any:

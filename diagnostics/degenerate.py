@@ -98,3 +98,40 @@ def summarize(found: list[Degenerate]) -> str:
     what = "; ".join(d.describe() for d in found[:4]) + (f"; +{len(found) - 4} more" if len(found) > 4 else "")
     causes = "; ".join(dict.fromkeys(d.cause for d in found))
     return f"degenerate outputs: {what}. Likely cause: {causes}"
+
+
+#: The Context cache key of the run's degenerate outputs (found once, from the fp32 reference).
+CACHE_KEY = "degenerate"
+
+
+def degenerate_outputs(ctx: Any) -> list[Degenerate]:
+    """The degenerate leaves of the run's reference outputs, found once per run. Never runs the model:
+    before any check computed the reference there is nothing to say ([])."""
+    if not ctx.has_cached("reference"):
+        return []
+    return ctx.cached(CACHE_KEY, lambda: find_degenerate(ctx.reference))
+
+
+def short(found: list[Degenerate]) -> str:
+    """The numbers alone, for a metric: "`logits` is all zero (2x4)"."""
+    return "; ".join(d.describe() for d in found)
+
+
+def mark(result: Any, found: list[Degenerate]) -> Any:
+    """A verdict that compared degenerate outputs says so: pass becomes warn and the summary gets
+    " — but degenerate outputs: ..."; a warning gets the same note; a failure keeps its status with
+    the note in its hint (it found a real difference even so)."""
+    if not found:
+        return result
+    note = summarize(found)
+    result.metrics["degenerate_outputs"] = short(found)
+    result.details["degenerate_outputs"] = [{"leaf": d.leaf, "kind": d.kind, "detail": d.detail, "cause": d.cause} for d in found]
+    if result.status in ("pass", "warn"):
+        result.status = "warn"
+        result.summary = f"{result.summary} — but {note}"
+        advice = ("these comparisons say little on such outputs: diagnose the model with trained weights (or inputs "
+                  "that give varied outputs) before trusting this verdict")
+        result.hint = f"{result.hint}; {advice}" if result.hint else advice
+    elif result.status == "fail":
+        result.hint = f"{result.hint + '; ' if result.hint else ''}note: {note}"
+    return result

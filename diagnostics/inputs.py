@@ -1,7 +1,8 @@
 """Model inputs: calling a model with them, synthesising them, and slicing them along the batch.
 
 Example inputs come in three forms: a tensor, a tuple of positional inputs, or a dict of keyword
-inputs. Everything here works on all three, and on nested containers inside them.
+inputs. Everything here works on all three, and on nested containers inside them. The batch policy
+(which axis is the batch, per input; a list of images is a batch) is in `batches`, re-exported here.
 """
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from .batches import (  # noqa: F401  (the batch policy; re-exported: callers use inp.select_batch etc.)
+    BatchDims, as_dims, batch_size, batch_unit, concat_batch, find_batch_dims, rejection, resize_batch, run_batch_dims,
+    sample_list, select_batch,
+)
 from .errors import UsageError
 from .tree import flatten, map_leaves
 
@@ -101,41 +106,6 @@ def detach(obj: Any) -> Any:
 
 def tensors(obj: Any) -> list[torch.Tensor]:
     return [leaf for leaf in flatten(obj).values() if isinstance(leaf, torch.Tensor)]
-
-
-def batch_size(inputs: Any, batch_dim: int = 0) -> int | None:
-    """The common size of `batch_dim` across the input tensors, or None when they disagree."""
-    sizes = {t.shape[batch_dim] for t in tensors(inputs) if t.dim() > batch_dim}
-    return sizes.pop() if len(sizes) == 1 else None
-
-
-def select_batch(inputs: Any, index: int | Sequence[int] | torch.Tensor, batch_dim: int = 0) -> Any:
-    """Rows `index` of every batched tensor (a single int keeps the dimension, as a batch of 1)."""
-    size = batch_size(inputs, batch_dim)
-    if isinstance(index, int):
-        index = [index]
-    idx = torch.as_tensor(index, dtype=torch.long)
-
-    def pick(t: Any) -> Any:
-        if isinstance(t, torch.Tensor) and t.dim() > batch_dim and t.shape[batch_dim] == size:
-            return t.index_select(batch_dim, idx.to(t.device))
-        return t
-
-    return map_leaves(inputs, pick)
-
-
-def concat_batch(parts: Sequence[Any], batch_dim: int = 0) -> Any:
-    """Join outputs (or inputs) of several batches back into one, leaf by leaf."""
-    first = parts[0]
-    flat_parts = [flatten(p) for p in parts]
-    joined: dict[str, Any] = {}
-    for name, leaf in flat_parts[0].items():
-        if isinstance(leaf, torch.Tensor) and leaf.dim() > batch_dim:
-            joined[name] = torch.cat([fp[name] for fp in flat_parts], dim=batch_dim)
-        else:
-            joined[name] = leaf
-    it = iter(joined.values())
-    return map_leaves(first, lambda _leaf: next(it))
 
 
 def synthesize(shape: Sequence[int], dtype: torch.dtype = torch.float32, *, seed: int = 0, device: str | torch.device = "cpu") -> torch.Tensor:

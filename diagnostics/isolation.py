@@ -22,14 +22,16 @@ from .results import ERROR, CheckResult
 from .text import one_line
 
 
-def _child(conn: Any, spec_source: str | None, target_blob: bytes | None, options: RunOptions, check_id: str) -> None:
+def _child(conn: Any, spec_source: str | None, target_blob: bytes | None, options: RunOptions, check_id: str,
+           verdicts: list[dict[str, Any]] | None = None) -> None:
     try:
         from .context import Context
         from .registry import get_check
 
         # our own bytes from the parent when there is no spec to load from
         target = prepared_target(spec_source if spec_source is not None else pickle.loads(target_blob), options)  # noqa: S301
-        result = run_check(get_check(check_id), Context(target, options), options)
+        known = {r["check"]: CheckResult.from_dict(r) for r in verdicts or []}
+        result = run_check(get_check(check_id), Context(target, options), options, results=known)
         conn.send(result.to_dict())
     except BaseException as exc:  # report anything, even SystemExit, to the parent
         conn.send(CheckResult(check=check_id, status=ERROR, summary=f"{type(exc).__name__} in the isolated child: {one_line(exc, with_type=False)}",
@@ -38,8 +40,12 @@ def _child(conn: Any, spec_source: str | None, target_blob: bytes | None, option
         conn.close()
 
 
-def run_isolated(spec: CheckSpec, target: Any, options: RunOptions) -> CheckResult:
-    """Run one check in a spawned child; a crash, hang or exit there becomes this check's `error`."""
+def run_isolated(spec: CheckSpec, target: Any, options: RunOptions, results: dict[str, CheckResult] | None = None) -> CheckResult:
+    """Run one check in a spawned child; a crash, hang or exit there becomes this check's `error`.
+
+    `results`: the run's verdicts so far; the child sees those that decide root causes (foundation
+    checks and probe proxies), so a blocked check is a consequence there as in-process (its probe, if
+    any, runs in the child, where the model runs)."""
     start = time.perf_counter()
     source = target.source if target.source and not target.source.startswith("<") else None
     blob = None
@@ -51,21 +57,29 @@ def run_isolated(spec: CheckSpec, target: Any, options: RunOptions) -> CheckResu
                                summary=f"--isolate needs a target spec or a picklable Target: {exc}",
                                hint="load the target from a spec (file.py:factory) to isolate its checks")
     timeout = options.timeout + 60.0  # the child applies the timeout itself; this catches native hangs
-    payload, exitcode = _run_child(source, blob, options, spec.id, timeout)
+    payload, exitcode = _run_child(source, blob, options, spec.id, timeout, _relevant(results or {}))
     result = CheckResult.from_dict(payload) if payload is not None else _lost_child(exitcode, timeout)
     result.check, result.family, result.duration_s = spec.id, spec.family, time.perf_counter() - start
     return result
 
 
+def _relevant(results: dict[str, CheckResult]) -> list[dict[str, Any]]:
+    """The verdicts a child needs for root causes, as plain dicts (sent by pickle)."""
+    from .rootcause import FOUNDATIONS
+
+    checks = {f.check for f in FOUNDATIONS.values()}
+    return [r.to_dict() for r in results.values() if r.check in checks or r.details.get("blocked_by")]
+
+
 def _run_child(source: str | None, blob: bytes | None, options: RunOptions, check_id: str,
-               timeout: float) -> tuple[dict[str, Any] | None, int | None]:
+               timeout: float, verdicts: list[dict[str, Any]] | None = None) -> tuple[dict[str, Any] | None, int | None]:
     """(the child's result payload or None, its exit code); a child still running after `timeout`
     seconds is killed and its exit code is None (it hung rather than crashed)."""
     from .target import ADDED_PATHS
 
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(child, source, blob, options, check_id), daemon=True)
+    proc = ctx.Process(target=_child, args=(child, source, blob, options, check_id, verdicts), daemon=True)
     hidden = [p for p in ADDED_PATHS if p in sys.path]
     for path in hidden:  # the child copies sys.path at start; a target folder's cuda.py would shadow torch's
         sys.path.remove(path)

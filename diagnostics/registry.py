@@ -109,6 +109,10 @@ class CheckSpec:
     needs_cuda: bool = False
     doc: str = ""
     tags: tuple[str, ...] = field(default_factory=tuple)
+    #: Foundations the check's verdict relies on (see rootcause.py); None: the built-in table's entry.
+    requires: tuple[str, ...] | None = None
+    #: Whether the verdict compares model outputs (degenerate outputs then make it a warning); None: the table's.
+    compares_outputs: bool | None = None
 
     def resolve_options(self, given: dict[str, Any] | None = None) -> CheckOptions:
         given = dict(given or {})
@@ -135,18 +139,29 @@ def register(
     default: bool = True,
     order: int = 50,
     needs_cuda: bool = False,
+    requires: Iterable[str] | None = None,
+    compares_outputs: bool | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register `func(ctx, opts) -> CheckResult` as check `id`.
 
     order: lower runs earlier (cheap checks and those that must see the untouched model first).
     default: False for opt-in checks that are slow (they run only when named).
+    requires: foundations the verdict relies on ("eval", "deterministic", "stateless"): when one failed,
+              the check is not run and ends as a skipped consequence of it (see rootcause.py). Default:
+              the built-in table `rootcause.REQUIRES`, which knows only the built-in checks.
+    compares_outputs: the verdict compares model outputs, so degenerate outputs (all zero, tied,
+              empty, tiny) turn its pass into a warning. Default: `rootcause.COMPARES_OUTPUTS`.
     """
+    from .rootcause import check_requires
+
+    needs = check_requires(requires) if requires is not None else None
 
     def wrap(func: Callable[..., Any]) -> Callable[..., Any]:
         doc = (func.__doc__ or title).strip()
         _REGISTRY[id] = CheckSpec(
             id=id, family=family, title=title, func=func, options=tuple(options),
-            default=default, order=order, needs_cuda=needs_cuda, doc=doc,
+            default=default, order=order, needs_cuda=needs_cuda, doc=doc, requires=needs,
+            compares_outputs=compares_outputs,
         )
         return func
 

@@ -1,5 +1,9 @@
 """The runner: picks checks, runs each with a timeout, shares the Context, feeds the reporters.
 
+One root cause, one failure: each check sees the verdicts so far, and one whose comparison relies on a
+foundation that failed (determinism, state_mutation, eval_mode) is not run but ends as `skip` with
+`caused_by` naming the root (see rootcause.py); consequences never count towards the exit code.
+
 A check that raises ends as `error` with its message; a check that times out ends as `error`;
 the run goes on (see `execute.py`). With `isolate=True` each check runs in a child process (see
 `isolation.py`), so a segfault, abort or hang in native code is contained too. Ctrl-C stops after
@@ -57,7 +61,8 @@ class RunReport:
         return SKIP
 
     def exit_code(self, fail_on: str = "fail") -> int:
-        """0 when nothing reached `fail_on`; 1 otherwise (errors count as failures)."""
+        """0 when nothing reached `fail_on`; 1 otherwise (errors count as failures). A consequence of a
+        root cause is a skip: only the root counts."""
         threshold = SEVERITY[fail_on]
         return 1 if any(SEVERITY[r.status] >= threshold for r in self.results) else 0
 
@@ -67,7 +72,15 @@ class RunReport:
                 return r
         raise KeyError(check_id)
 
+    def root_causes(self) -> list[CheckResult]:
+        """Failing results that are not consequences of another (what the exit code counts)."""
+        from .rootcause import root_causes
+
+        return root_causes(self.results)
+
     def to_dict(self) -> dict[str, Any]:
+        from .rootcause import consequences
+
         return jsonable({
             "schema_version": 1,
             "target": self.target,
@@ -75,6 +88,8 @@ class RunReport:
             "options": self.options,
             "results": [r.to_dict() for r in self.results],
             "summary": self.summary,
+            "root_causes": [r.check for r in self.root_causes()],
+            "consequences": {r.check: r.caused_by for r in consequences(self.results)},
             "notes": self.notes,
             "interrupted": self.interrupted,
             "duration_s": self.duration_s,
@@ -157,6 +172,7 @@ def _run_selected(selected: list[CheckSpec], target: Any, ctx: Any, options: Run
                   reporters: list[Reporter]) -> float:
     """Run the checks in order, feeding each result to the reporters; returns the seconds spent in checks."""
     check_s = 0.0
+    verdicts: dict[str, CheckResult] = {}  # so far, by id: what later checks' comparisons rely on (rootcause.py)
     with _InterruptFlag() as interrupted:
         for spec in selected:
             if interrupted.set:
@@ -167,9 +183,10 @@ def _run_selected(selected: list[CheckSpec], target: Any, ctx: Any, options: Run
             if result is None and options.isolate:
                 from .isolation import run_isolated
 
-                result = run_isolated(spec, target, options)
+                result = run_isolated(spec, target, options, verdicts)
             elif result is None:
-                result = run_check(spec, ctx, options)
+                result = run_check(spec, ctx, options, results=verdicts)
+            verdicts[result.check] = result
             check_s += result.duration_s
             report.results.append(result)
             report.notes = list(dict.fromkeys([*report.notes, *ctx.notes]))
@@ -179,8 +196,17 @@ def _run_selected(selected: list[CheckSpec], target: Any, ctx: Any, options: Run
     return check_s
 
 
+#: The Context cache key of the verdicts `run_one` gave on it (a pytest session shares one Context per model).
+VERDICTS_KEY = "rootcause:verdicts"
+
+
 def run_one(check_id: str, target: Any, options: RunOptions | None = None, context: Any | None = None, **check_options: Any) -> CheckResult:
-    """Run a single check (the Python API's and the pytest fixture's entry point)."""
+    """Run a single check (the Python API's and the pytest fixture's entry point).
+
+    Root causes: the verdicts earlier `run_one` calls gave on the same Context count (the pytest
+    plugin shares one per model, so `fp16` after a failed `determinism` is its skipped consequence);
+    with none, a check that relies on determinism probes it with one rerun of the example inputs,
+    and fails in its place when the rerun differs (see rootcause.py)."""
     from .context import Context
     from .registry import get_check
 
@@ -190,7 +216,10 @@ def run_one(check_id: str, target: Any, options: RunOptions | None = None, conte
     ctx = context or Context(target, options)
     given = {**options.check_options(check_id), **check_options}
     spec.resolve_options(given)
-    return cuda_skip(spec, ctx) or run_check(spec, ctx, options, given)
+    verdicts = ctx.cached(VERDICTS_KEY, dict) if hasattr(ctx, "cached") else {}
+    result = cuda_skip(spec, ctx) or run_check(spec, ctx, options, given, results=verdicts)
+    verdicts[result.check] = result
+    return result
 
 
 __all__ = ["run", "run_one", "run_check", "RunReport", "Reporter", "PASS", "WARN", "FAIL", "SKIP", "ERROR"]

@@ -90,21 +90,29 @@ def measure(
     max_samples: int = 1000,
     warmup_s: float = 0.05,
     min_warmup: int = 2,
+    max_time_s: float | None = None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> TimingStats:
-    """Time `fn` adaptively. `sync` (e.g. torch.cuda.synchronize) is called around every call."""
+    """Time `fn` adaptively. `sync` (e.g. torch.cuda.synchronize) is called around every call.
+
+    `max_time_s` caps the whole measurement, warm-up included (at least one warm-up call and one
+    sample): a 2 s call is timed a few times, not `min_samples` + `min_warmup` times."""
     sync = sync or (lambda: None)
     stats = TimingStats()
     start = clock()
+
+    def over_cap() -> bool:
+        return max_time_s is not None and clock() - start >= max_time_s
+
     while stats.warmup < min_warmup or clock() - start < warmup_s:
         sync()
         fn()
         sync()
         stats.warmup += 1
-        if stats.warmup >= max_samples:
+        if stats.warmup >= max_samples or over_cap():
             break
     total = 0.0
-    while (total < min_time_s or stats.n < min_samples) and stats.n < max_samples:
+    while (total < min_time_s or stats.n < min_samples) and stats.n < max_samples and not (stats.n and over_cap()):
         sync()
         t0 = clock()
         fn()

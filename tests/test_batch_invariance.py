@@ -5,7 +5,7 @@ import pytest
 import torch
 import torchvision
 
-from torch_diagnose import FAIL, PASS, SKIP, Target, run_check
+from torch_diagnose import FAIL, PASS, SKIP, WARN, Target, run_check
 from tests.models import determinism_family as fam
 from tests.models import faulty
 
@@ -140,4 +140,7 @@ def test_clean_torchvision_models_pass(name: str) -> None:
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None).eval()
     result = run_check("batch_invariance", Target(model, torch.randn(2, 3, 64, 64)))
-    assert result.status == PASS, result.explain()
+    if name == "mobilenet_v3_small":  # random-weight logits ~1e-10: invariant, but degenerate, so a warning
+        assert result.status == WARN and "degenerate outputs" in result.summary, result.explain()
+    else:
+        assert result.status == PASS, result.explain()

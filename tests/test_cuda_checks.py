@@ -339,3 +339,27 @@ def test_device_parity_code_path_runs_on_cpu(model, expected) -> None:
     if expected == FAIL:  # the drift is there on every re-run: not blamed on TF32 or any other setting
         assert [row["setting"] for row in result.details["settings"]] == ["baseline"]
         assert "changes from run to run" in result.summary and "non-deterministic" in result.hint
+
+
+class _GradCam:
+    """A Grad-CAM helper left attached after a notebook session: its hook keeps every activation."""
+
+    def __init__(self, layer: torch.nn.Module) -> None:
+        self.activations: list[torch.Tensor] = []
+        layer.register_forward_hook(self.save)
+
+    def save(self, module: torch.nn.Module, args: object, output: torch.Tensor) -> None:
+        self.activations.append(output.detach())  # LEAK: the hook's list grows
+
+
+def test_a_leftover_forward_hook_filling_a_list_is_named_with_the_hook_and_its_module() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
+    _GradCam(model[0])
+    result = run_check("memory_growth", (model, torch.randn(2, 8)))
+    assert result.status == FAIL, result.explain()
+    assert result.culprit_label == "_GradCam.activations (list in forward hook save on 0 (Linear))"
+    line = next(i for i, text in enumerate(open(__file__).read().splitlines(), 1) if "# LEAK: the hook's list grows" in text)
+    assert result.location.endswith(f"test_cuda_checks.py:{line}")
+    assert "forward hook _GradCam.save (" in result.hint and "registered on 0 (Linear)" in result.hint
+    assert "handle.remove()" in result.hint

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torchvision
 
-from torch_diagnose import ERROR, FAIL, PASS, Target, run_check
+from torch_diagnose import ERROR, FAIL, PASS, WARN, Target, run_check
 from tests.models import faulty
 
 
@@ -183,7 +183,8 @@ def test_clean_torchvision_mobilenet_v3_small_passes() -> None:
     torch.manual_seed(0)
     model = torchvision.models.mobilenet_v3_small(weights=None).eval()
     result = run_check("determinism", Target(model, torch.randn(2, 3, 64, 64)))
-    assert result.status == PASS, result.explain()
+    # Random-weight MobileNetV3 logits are ~1e-10: deterministic, but degenerate, so the pass is a warning.
+    assert result.status == WARN and "degenerate outputs" in result.summary and "tiny" in result.summary, result.explain()
 
 
 def test_whole_family_on_a_clean_model_shares_work_and_stays_within_budget() -> None:
@@ -279,16 +280,32 @@ def test_ctx_tolerances_accept_a_model_that_only_reorders_its_sums(seed: int, wi
     assert not compare(worse, ctx.reference, leaf_tolerances=tolerances).passed
 
 
+def _tolerances_after_drift(factory) -> str:
+    """The calibration's source after the reference and two more calls moved the model's state."""
+    from torch_diagnose.context import Context
+    from torch_diagnose.determinism.judge import tolerances
+    from torch_diagnose.target import coerce_target
+
+    ctx = Context(coerce_target(factory(), source="<test>"))
+    ctx.reference  # noqa: B018 - the first call
+    ctx.forward()
+    ctx.forward()
+    return tolerances(ctx).source
+
+
 def test_calibration_that_is_too_large_to_be_rounding_is_replaced_by_the_fallback() -> None:
     """A stateful model's fp64 copy computes something else; its "calibration" must not excuse differences."""
-    result = run_check("batch_invariance", fam.drifting_attribute())
-    assert result.status == FAIL
-    assert "too large to be rounding" in result.details["tolerance_source"]
+    assert "too large to be rounding" in _tolerances_after_drift(fam.drifting_attribute)
 
 
 def test_fp64_reference_starts_from_the_buffers_before_any_forward() -> None:
     """Buffers a forward updates (an EMA) do not drift the fp64 copy: the calibration stays genuine."""
+    assert _tolerances_after_drift(fam.drifting_ema).startswith("calibrated from the model's own fp32-vs-fp64 error")
+
+
+def test_a_drifting_model_is_one_root_cause_for_batch_invariance() -> None:
+    """Outputs that move between two identical calls make batch_invariance's comparison meaningless:
+    alone, it fails in determinism's place (the rerun probe) instead of inventing a batch diagnosis."""
     result = run_check("batch_invariance", fam.drifting_ema())
     assert result.status == FAIL
-    assert result.details["tolerance_source"].startswith("calibrated from the model's own fp32-vs-fp64 error")
-    assert "x.mean(0)" in result.hint
+    assert "not deterministic" in result.summary and "run it to find the culprit" in result.summary

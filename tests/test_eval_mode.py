@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import pytest
+import torch
 import torchvision
+from torch import nn
 
-from torch_diagnose import FAIL, PASS, Target, run_check
+from torch_diagnose import FAIL, PASS, WARN, Target, run_check
 from tests.models import faulty
 
 
@@ -60,3 +62,49 @@ def test_batchnorm_kept_training_by_a_block_override_names_the_override() -> Non
     assert result.status == FAIL
     assert result.culprit_label == "block (StickyTrainBlock).train"
     assert result.details["still_training_after_eval"][0] == "block.norm (BatchNorm1d)"
+
+
+def test_train_shadowed_by_a_training_loop_is_named_not_an_error() -> None:
+    import inspect
+
+    from tests.models import real_models
+
+    result = run_check("eval_mode", real_models.shadowed_train())
+    assert result.status == WARN, result.explain()  # every module is in eval mode; the switch itself is broken
+    assert result.culprit_label == "<root> (ShadowedTrain).train"
+    line = inspect.getsourcelines(real_models.ShadowedTrain.train)[1]
+    assert result.location and result.location.endswith(f"real_models.py:{line}")
+    assert "train(self, loader, epochs=1)" in result.summary and "shadows nn.Module.train(mode)" in result.summary
+    assert "rename the training loop" in result.hint
+
+
+def test_shadowed_train_does_not_break_the_other_determinism_checks() -> None:
+    from tests.models import real_models
+
+    for check in ("determinism", "state_mutation"):
+        result = run_check(check, real_models.shadowed_train())
+        assert result.status == PASS, (check, result.explain())
+
+
+class _FrozenTrain(nn.Module):
+    """`train()` refuses to switch: the eval switch raises."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def train(self, mode: bool = True) -> "_FrozenTrain":
+        raise RuntimeError("this model is frozen")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
+
+
+def test_an_eval_switch_that_raises_is_the_finding() -> None:
+    model = _FrozenTrain()
+    nn.Module.train(model, False)
+    result = run_check("eval_mode", Target(model, torch.randn(2, 4)))
+    assert result.status in (WARN, FAIL)
+    assert "model.eval() raises RuntimeError: this model is frozen" in result.summary
+    assert result.culprit_label == "<root> (_FrozenTrain).train"
+    assert result.location and "test_eval_mode.py:" in result.location

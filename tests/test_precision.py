@@ -10,6 +10,7 @@ import torchvision
 
 from torch_diagnose import ERROR, FAIL, PASS, WARN, Target, diagnose, run_check
 from torch_diagnose.context import Context
+from torch_diagnose.errors import UsageError
 from torch_diagnose.options import RunOptions
 from torch_diagnose.runner import run_one
 from tests.models import faulty
@@ -165,9 +166,14 @@ def test_model_that_raises_everywhere_is_an_error_not_a_crash() -> None:
     assert "boom" in result.summary
 
 
-def test_options_are_validated() -> None:
-    result = run_check("fp16", pm.mlp(), ways=["autocast", "jit"])
-    assert result.status == ERROR and "unknown way" in result.summary
+def test_options_are_validated_by_the_registry() -> None:
+    with pytest.raises(UsageError, match="option ways: 'jit' is not one of autocast, cast"):
+        run_check("fp16", pm.mlp(), ways=["autocast", "jit"])
+    with pytest.raises(UsageError, match="did you mean 'autocast'"):  # -o bf16.ways=autocats, before any check runs
+        diagnose(Target(*pm.mlp()), checks=["bf16"], option=["bf16.ways=autocats"])
+    with pytest.raises(UsageError, match="at least one way"):
+        run_check("bf16", pm.mlp(), ways="")
+    assert run_check("bf16", pm.mlp(), ways="CAST").metrics["way"] == "cast"  # case does not matter
     only_cast = run_check("fp16", pm.mlp(), ways=["cast"])
     assert only_cast.status == PASS and only_cast.metrics["way"] == "cast" and "autocast.ran" not in only_cast.metrics
 

@@ -381,6 +381,28 @@ def test_scaled_twice_is_named() -> None:
     assert "remove the extra `/ 255`" in result.hint
 
 
+def test_reference_divided_by_255_is_named_divided_twice_not_a_wrong_std() -> None:
+    result = check(P.serving_divided_after_normalize())
+    assert result.status == FAIL, result.explain()
+    assert "divides by 255 twice" in result.summary and "reference's divided by 255" in result.summary
+    assert "std" not in result.summary  # not "wrong mean/std (std ~ 58)"
+    assert result.culprit_label == "preprocess[4] Lambda(lambda): divided by 255 twice"
+    assert "remove the extra `/ 255`" in result.hint
+
+
+@pytest.mark.parametrize("serving", [P.serving_tensor_resize_no_antialias(),
+                                     v2.Compose([v2.PILToTensor(), v2.Resize(P.RESIZE, antialias=False), v2.CenterCrop(P.SIZE),
+                                                 v2.ToDtype(torch.float32, scale=True), v2.Normalize(P.MEAN, P.STD)])],
+                         ids=["v1", "v2"])
+def test_tensor_resize_without_antialias_is_a_known_path(serving) -> None:
+    result = check(serving)
+    assert result.status == FAIL, result.explain()
+    assert "resize without antialias (torchvision tensor Resize(antialias=False))" in result.summary
+    assert "OpenCV" not in result.summary  # v1's rounding ties with cv2 INTER_LINEAR: the declared step wins
+    assert result.culprit_label.startswith("preprocess[1] Resize(") and result.culprit_label.endswith(": resize without antialias")
+    assert "antialias=True" in result.hint
+
+
 def test_nan_in_serving_tensors_is_reported() -> None:
     # log(0) on black pixels: -inf reaches the model.
     serving = T.Compose([T.Resize(P.RESIZE), T.CenterCrop(P.SIZE), T.ToTensor(), T.Lambda(torch.log), T.Normalize(P.MEAN, P.STD)])

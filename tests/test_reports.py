@@ -360,3 +360,32 @@ def test_plots_are_evidence_passing_checks_draw_only_informative_ones() -> None:
     drawn = render_result_plots(CheckResult(check="a", status="pass", details={"plot": {**spec, "always": True}}))
     assert len(drawn) == 1 and drawn[0][1].startswith("data:image/png;base64,")
     assert len(render_result_plots(CheckResult(check="a", status="fail", details={"plot": spec}))) == 1
+
+
+def test_consequences_are_grouped_under_their_root_in_every_format() -> None:
+    from torch_diagnose.plugin.reports import terminal_summary  # noqa: F401  (imports without torch)
+
+    items = [
+        CheckResult(check="determinism", family="determinism", status="fail", summary="outputs change between runs",
+                    culprit="head (DropoutHead)", location="model.py:12", hint="pass training=self.training"),
+        CheckResult(check="eval_mode", family="determinism", status="pass", summary="all modules in eval mode"),
+        CheckResult(check="fp16", family="precision", status="skip", caused_by="determinism",
+                    summary="not judged: outputs are not deterministic: outputs change between runs (see determinism)"),
+        CheckResult(check="onnx", family="export", status="skip", caused_by="determinism",
+                    summary="not judged: outputs are not deterministic: outputs change between runs (see determinism)"),
+    ]
+    run = make_run(items)
+    table = " ".join(" ".join(TerminalReporter(stream=io.StringIO(), color=False).table(items)).split())
+    assert "determinism outputs change between runs" in table
+    assert "↳ consequences of determinism: fp16, onnx (not judged)" in table
+    assert table.index("↳ consequences") < table.index("eval_mode")
+    md = render_markdown(run)
+    assert md.startswith("# ❌ diagnose tiny: 1 failed, 1 passed, 2 skipped — 1 root cause, 2 consequences (not judged)")
+    assert "## Root causes" in md and "**fix:** pass training=self.training" in md
+    assert "| ⏭️ skip | ↳ `fp16` |" in md
+    page = render_html(run)
+    assert page.index("<h2>Root causes</h2>") < page.index("<h2>Results</h2>") and "res skip consequence" in page
+    suite = ET.fromstring(JUnitWriter().render(run).split("\n", 1)[1])
+    assert suite.find(".//testcase[@name='onnx']/skipped").get("message").endswith("(see determinism)")
+    assert suite.find(".//property[@name='root_causes']").get("value") == "1"
+    assert run.exit_code() == 1 and run.to_dict()["consequences"] == {"fp16": "determinism", "onnx": "determinism"}

@@ -119,3 +119,101 @@ def test_map_leaves_maps_dataclass_fields_outside_init() -> None:
     joined = concat_batch([obj, obj])
     assert torch.equal(joined.x, t(1.0, 2.0, 1.0, 2.0))
     assert joined.n == 9 and joined.tag == "t"
+
+
+# --- objects that hold tensors: compared by content, never by identity (issue 14) -------------
+
+
+class Layer:
+    """Like transformers' DynamicLayer: a plain object (no __eq__) with tensors and metadata."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        self.keys, self.values = keys, values
+        self.is_initialized = True
+        self.device = keys.device
+        self.update = print  # a callable attribute: no data, left out
+
+
+class Cache:
+    __slots__ = ("layers", "owner", "me")
+
+    def __init__(self, layers: list[Layer]) -> None:
+        self.layers = layers
+        self.owner = torch.nn.Linear(1, 1)  # a module inside an output: not compared
+        self.me = self  # a cycle: walked once
+
+
+def _cache(scale: float = 1.0) -> dict:
+    return {"logits": t(1.0, 2.0) * scale, "cache": Cache([Layer(t(3.0) * scale, t(4.0) * scale)])}
+
+
+def test_plain_objects_are_walked_through_their_attributes() -> None:
+    from torch_diagnose.compare import compare
+
+    out = _cache()
+    assert list(flatten(out)) == ["logits", "cache.layers[0].keys", "cache.layers[0].values",
+                                  "cache.layers[0].is_initialized", "cache.layers[0].device"]
+    assert compare(_cache(), out).passed  # two distinct objects with equal content match
+    worse = compare(_cache(2.0), out)
+    assert not worse.passed and not worse.leaf("cache.layers[0].keys").passed
+
+
+def test_map_leaves_rebuilds_plain_objects_and_keeps_them_when_nothing_changes() -> None:
+    out = _cache()
+    doubled = map_leaves(out, _double)
+    cache = doubled["cache"]
+    assert type(cache) is Cache and cache is not out["cache"] and cache.layers[0] is not out["cache"].layers[0]
+    assert torch.equal(cache.layers[0].keys, t(6.0)) and torch.equal(out["cache"].layers[0].keys, t(3.0))
+    assert cache.owner is out["cache"].owner and cache.layers[0].update is print
+    assert map_leaves(out, lambda v: v)["cache"] is out["cache"]
+    seen: list[object] = []
+    map_leaves(out, lambda v: seen.append(v) or v)
+    assert seen == list(flatten(out).values())
+
+
+def test_singletons_and_c_objects_stay_values() -> None:
+    out = {"dtype": torch.float32, "none": None, "kind": torch.nn.Linear, "fn": print}
+    assert flatten(out) == {"dtype": torch.float32, "none": None, "kind": torch.nn.Linear}
+
+
+def _real(factory_name: str) -> tuple[object, object]:
+    from tests.models import real_models
+
+    target = getattr(real_models, factory_name)()
+    with torch.no_grad():
+        return target.model(**target.example_inputs), target.model(**target.example_inputs)
+
+
+def test_gpt2_output_and_its_dynamic_cache_flatten_and_compare_by_content() -> None:
+    from torch_diagnose.compare import compare
+
+    out, again = _real("gpt2")
+    names = list(flatten(out))
+    assert names[0] == "logits" and "cache.layers[0].keys" in names and "cache.layers[1].values" in names
+    assert compare(again, out).passed
+    cast = map_leaves(out, lambda v: v.double() if isinstance(v, torch.Tensor) else v)
+    assert type(cast) is type(out) and type(cast.cache) is type(out.cache)
+    assert cast.cache.layers[0].keys.dtype == torch.float64 and out.cache.layers[0].keys.dtype == torch.float32
+    assert list(flatten(cast)) == names and cast.cache.get_seq_length() == out.cache.get_seq_length()
+
+
+def test_t5_encoder_decoder_cache_flattens_both_caches() -> None:
+    from torch_diagnose.compare import compare
+
+    out, again = _real("t5")
+    names = list(flatten(out))
+    assert "cache.self_attention_cache.layers[0].keys" in names
+    assert "cache.cross_attention_cache.layers[1].values" in names and "encoder_last_hidden_state" in names
+    assert compare(again, out).passed
+    moved = map_leaves(out, lambda v: v * 0 if isinstance(v, torch.Tensor) else v)
+    assert not compare(moved, out).passed and type(moved.cache) is type(out.cache)
+
+
+def test_plain_objects_names_the_outermost_walked_objects() -> None:
+    from torch_diagnose.tree import plain_objects
+
+    out = _cache()
+    found = plain_objects(out)
+    assert list(found) == ["cache"] and found["cache"] is out["cache"]
+    assert list(plain_objects(Cache([]))) == ["output"]
+    assert plain_objects({"x": t(1.0), "d": torch.float32}) == {}

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from torch_diagnose import inputs as inp
 from torch_diagnose.context import Context
 from torch_diagnose.locate import Culprit, module_label
 from torch_diagnose.locate.culprit import STATE
@@ -45,7 +46,7 @@ def cuda_oom(ctx: Context, opts: CheckOptions) -> CheckResult:
     """
     # measure
     plan = _plan(ctx, opts)
-    measured, notes = measure_batches(ctx, plan.batches, plan.on_cuda)
+    measured, notes = measure_batches(ctx, plan.batches, plan.on_cuda, plan.rejected)
     if not measured:
         raise SkipCheck("no batch size could be measured: " + "; ".join(notes))
     fit = fit_linear([(m.batch, m.peak_bytes) for m in measured])
@@ -53,8 +54,12 @@ def cuda_oom(ctx: Context, opts: CheckOptions) -> CheckResult:
     deploy_peak = deploy_m.peak_bytes if deploy_m else fit.predict(plan.deploy)
     metrics, details = _report(plan, measured, notes, fit, deploy_peak)
     peak_at = peak_culprit(ctx, measured, deploy_m)
-    per_sample = (f"{format_bytes(deploy_peak)} at batch {plan.deploy} ({format_bytes(fit.intercept)} fixed + "
-                  f"{format_bytes(fit.slope)} per sample)")
+    per_sample = _per_sample(plan, measured, fit, deploy_peak)
+    if plan.deploy in plan.rejected:
+        return CheckResult.warned(
+            f"{plan.batch_text(plan.deploy)} cannot be measured: {plan.rejection}; peak {per_sample}",
+            culprit=peak_at, hint="the model runs only at the batch sizes it was written for: serve at a batch it accepts, "
+            "or make its reshapes use the input's batch (e.g. `x.view(x.shape[0], -1)`)", metrics=metrics, details=details)
     if plan.budget is None:
         metrics["memory_budget_bytes"] = None
         return CheckResult.passed(
@@ -79,8 +84,20 @@ def _plan(ctx: Context, opts: CheckOptions) -> BudgetPlan:
         budget = torch.cuda.get_device_properties(ctx.device).total_memory
         budget_source = "device total"
     margin = float(opts.margin) if opts.margin is not None else (0.10 if on_cuda else 0.25)
+    dims, _source = inp.run_batch_dims(ctx)
     return BudgetPlan(on_cuda, example, opts.batch_size or ctx.options.batch_size or example,
-                      None if budget is None else int(budget), budget_source, int(opts.reserve or 0), margin)
+                      None if budget is None else int(budget), budget_source, int(opts.reserve or 0), margin,
+                      dims, inp.batch_unit(ctx.inputs, dims))
+
+
+def _per_sample(plan: BudgetPlan, measured: list[PeakMeasurement], fit: LinearFit, deploy_peak: float) -> str:
+    """`X at batch 4 (A fixed + B per sample)`; with one batch measured, why the others were not."""
+    head = f"{format_bytes(deploy_peak)} at {plan.batch_text(plan.deploy)}"
+    if len(measured) == 1:
+        only = measured[0].batch
+        return f"{format_bytes(measured[0].peak_bytes)} at {plan.batch_text(only)} ({plan.rejection}; only batch {only} measured)"
+    return (f"{head} ({format_bytes(fit.intercept)} fixed + {format_bytes(fit.slope)} per {plan.unit})"
+            + (f" ({plan.rejection})" if plan.rejection else ""))
 
 
 def _report(plan: BudgetPlan, measured: list[PeakMeasurement], notes: list[str], fit: LinearFit,
@@ -89,8 +106,8 @@ def _report(plan: BudgetPlan, measured: list[PeakMeasurement], notes: list[str],
     metrics: dict[str, Any] = {
         "deployment_batch": plan.deploy,
         "deployment_peak_bytes": int(deploy_peak),
-        "bytes_per_sample": int(round(fit.slope)),
-        "fixed_bytes": int(round(fit.intercept)),
+        "bytes_per_sample": int(round(fit.slope)) if len(fit.points) > 1 else None,  # one batch: growth unknown
+        "fixed_bytes": int(round(fit.intercept)) if len(fit.points) > 1 else None,
         "param_bytes": measured[0].param_bytes,
         "fit_max_rel_residual": round(fit.max_rel_residual, 4),
         "margin": plan.margin,
@@ -104,6 +121,7 @@ def _report(plan: BudgetPlan, measured: list[PeakMeasurement], notes: list[str],
         "method": plan.method,
         "not_included": plan.not_counted,
         "notes": notes,
+        "rejected_batches": {str(b): why for b, why in plan.rejected.items()},
         "plot": {"kind": "line", "title": "peak memory vs batch size", "x": x,
                  "series": {"measured peak": [m.peak_bytes / MiB for m in measured],
                             f"fit {format_bytes(fit.intercept)} + {format_bytes(fit.slope)}/sample": [fit.predict(b) / MiB for b in x]},
@@ -126,18 +144,23 @@ def _judge(ctx: Context, opts: CheckOptions, plan: BudgetPlan, fit: LinearFit, d
            metrics: dict[str, Any], details: dict[str, Any]) -> _Verdict:
     budget, reserve, margin = plan.budget, plan.reserve, plan.margin
     largest = fit.largest_fitting(plan.usable, limit=1 << 30)
+    if len(fit.points) == 1:  # one batch ran: nothing says how memory grows with the batch
+        largest = fit.points[0][0] if fit.predict(0) <= plan.usable else None
     details["plot"]["series"]["usable budget"] = [plan.usable / MiB for _ in details["plot"]["x"]]
     metrics.update({"memory_budget_bytes": budget, "reserve_bytes": reserve, "usable_bytes": int(plan.usable),
                     "largest_batch_estimate": largest if largest is not None else 0,
                     "headroom_bytes": int(plan.usable - deploy_peak)})
     details["budget_source"] = plan.budget_source
     confirmed = None
-    if plan.on_cuda and opts.search and plan.budget_source == "given":
+    if plan.on_cuda and opts.search and plan.budget_source == "given" and not plan.rejected:
         confirmed = confirm_on_cuda(ctx, budget - reserve, plan.deploy, largest, opts.max_batch)
         details["search"] = confirmed.as_rows()
         metrics["largest_batch_confirmed"] = confirmed.largest_ok or 0
         metrics["search_tries"] = len(confirmed.tries)
     text = f"the largest batch that fits with the margin is {largest}" if largest else "not even batch 1 fits with the margin"
+    if len(fit.points) == 1:
+        text = (f"batch {largest} fits with the margin; larger batches could not be measured" if largest
+                else f"batch {fit.points[0][0]} does not fit with the margin")
     fits_with_margin = deploy_peak * (1 + margin) + reserve <= budget
     fits_bare = deploy_peak + reserve <= budget
     advice = largest
@@ -156,11 +179,11 @@ def _explain(ctx: Context, plan: BudgetPlan, v: _Verdict, fit: LinearFit, first:
     deploy, margin, caveat = plan.deploy, plan.margin, plan.caveat
     tail = f"{plan.budget_line}; {v.largest_text}; {plan.method}"
     if v.fits_with_margin and v.fits_bare:
-        return CheckResult.passed(f"batch {deploy} fits: peak {per_sample}, {tail}", hint=caveat or None,
+        return CheckResult.passed(f"{plan.batch_text(deploy)} fits: peak {per_sample}, {tail}", hint=caveat or None,
                                   metrics=metrics, details=details)
     if v.fits_bare:
         return CheckResult.warned(
-            f"batch {deploy} fits only without the {margin:.0%} margin: peak {per_sample}, {tail}",
+            f"{plan.batch_text(deploy)} fits only without the {margin:.0%} margin: peak {per_sample}, {tail}",
             culprit=peak_at,
             hint=(f"run at batch <= {v.advice} to keep the margin" if v.advice else "even batch 1 does not keep the margin: shrink the model")
             + (f", or raise the budget; {caveat}" if caveat else ", or raise the budget"),
@@ -176,7 +199,7 @@ def _explain(ctx: Context, plan: BudgetPlan, v: _Verdict, fit: LinearFit, first:
     if fit.max_rel_residual > 0.1:
         where += f"; peak memory is not linear in the batch (fit residual {fit.max_rel_residual:.0%}), so the largest batch is approximate"
     return CheckResult.failed(
-        f"batch {deploy} does not fit: peak {per_sample} x (1 + {margin:.0%} margin) > {tail}",
+        f"{plan.batch_text(deploy)} does not fit: peak {per_sample} x (1 + {margin:.0%} margin) > {tail}",
         culprit=culprit,
         hint=f"{reduce}{where}; or lower activation memory (fp16/bf16 activations, smaller inputs, in-place activations, "
         "chunking the batch)" + (f". Note: {caveat}" if caveat else ""),

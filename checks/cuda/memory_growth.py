@@ -27,7 +27,8 @@ def memory_growth(ctx: Context, opts: CheckOptions) -> CheckResult:
 
     Calls the model `calls` times with fresh inputs, dropping the outputs each time, and counts
     the bytes of tensors created during the calls that are still alive (a live-tensor tracker; on
-    CUDA `memory_allocated` too). Growth under `torch.inference_mode` is a leak (fail): tensors kept
+    CUDA `memory_allocated` too). Forward hooks are followed: a leftover Grad-CAM hook appending
+    activations to a list is named with the hook's line and the module it is registered on. Growth under `torch.inference_mode` is a leak (fail): tensors kept
     in module attributes, caches, module-level lists. Growth that appears only with autograd on is an
     autograd graph kept alive through a stored tensor (warn: it leaks in a server without
     `torch.inference_mode()`). The module attribute or global holding the tensors is named, with the
@@ -105,4 +106,6 @@ def _name_holder(holders: list[Holder], total: int = 0) -> tuple[Culprit | None,
     graph = (f" whose autograd graph keeps {format_bytes(through_graph)} more alive (every saved activation of every call)"
              if h.holds_autograd_graph else "")
     made = f" made by {', '.join(h.produced_by[:2])}" if h.produced_by else ""
-    return h.culprit, f"`{h.path}` holds {h.tensors} tensor(s), {format_bytes(h.bytes)}{made}{graph}"
+    hook = (f", filled by the {h.hook} (remove the hook when done with it: keep the handle `register_forward_hook` "
+            "returns and call `handle.remove()`)") if h.hook else ""
+    return h.culprit, f"`{h.path}` holds {h.tensors} tensor(s), {format_bytes(h.bytes)}{made}{graph}{hook}"

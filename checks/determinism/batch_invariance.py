@@ -9,7 +9,7 @@ import torch
 from torch_diagnose import inputs as inp
 from torch_diagnose.context import Context
 from torch_diagnose.determinism import ROLLED_KEY, SAMPLE_KEY
-from torch_diagnose.determinism.batch import batch_dim, batch_size, concat, leaf_batch_dim, rolled, select, spread
+from torch_diagnose.determinism.batch import OutputRows, batch_dim, batch_size, concat, rolled, select, spread
 from torch_diagnose.determinism.configs import explain_error
 from torch_diagnose.determinism.judge import Row, judge, rel_for, tolerances
 from torch_diagnose.determinism.mixing import batch_hint, localise_batch
@@ -26,7 +26,7 @@ class _Batch:
     inputs: Any
     reference: Any
     n: int
-    dim: int
+    dim: Any  # BatchDims: per input (a list of images is a batch along the list)
     dim_source: str
     synthesized: bool
     indices: list[int] = field(default_factory=list)  # the samples run alone
@@ -71,20 +71,18 @@ def batch_invariance(ctx: Context, opts: CheckOptions) -> CheckResult:
             return _single_error_result(ctx, exc, part, i, b)
 
     ref_flat = flatten(b.reference)
-    first = flatten(singles[0])
-    leaf_dims = {name: d for name, t in ref_flat.items() if (d := leaf_batch_dim(t, first.get(name), b.n)) is not None}
-    if not leaf_dims:
+    split = OutputRows.of(b.reference, singles[0], b.n)
+    if not split:
         raise SkipCheck(f"no output has a batch dimension of size {b.n} that becomes 1 for one sample (outputs: {', '.join(ref_flat)})")
-    rows = [judge(ctx, f"sample {i} alone vs row {i} of the batch", {name: flatten(out).get(name) for name in leaf_dims},
-                  {name: ref_flat[name].narrow(d, i, 1) for name, d in leaf_dims.items()})
+    rows = [judge(ctx, f"sample {i} alone vs row {i} of the batch", split.alone(out), split.row(b.reference, i))
             for i, out in zip(b.indices, singles)]
     if opts.permute and b.n > 1:
-        rows.append(_reordered(ctx, b, ref_flat, leaf_dims))
+        rows.append(_reordered(ctx, b, split))
     details: dict[str, Any] = {
-        "batch_dim": b.dim, "batch_dim_source": b.dim_source, "output_batch_dims": leaf_dims, "samples_alone": b.indices,
+        "batch_dim": b.dim.value, "batch_dim_source": b.dim_source, "output_batch_dims": split.dims, "samples_alone": b.indices,
         "comparisons": [r.to_dict() for r in rows],
     }
-    unbatched = [name for name, t in ref_flat.items() if isinstance(t, torch.Tensor) and name not in leaf_dims]
+    unbatched = [name for name, t in ref_flat.items() if isinstance(t, torch.Tensor) and not split.listed and name not in split.leaf_dims]
     if unbatched:
         details["not_per_sample_outputs"] = unbatched
     return _result(ctx, b, rows, details)
@@ -109,23 +107,20 @@ def _the_batch(ctx: Context, given_dim: int | None) -> _Batch:
     return _Batch(batch, reference, 2, dim, dim_source, True)
 
 
-def _reordered(ctx: Context, b: _Batch, ref_flat: dict[str, Any], leaf_dims: dict[str, int]) -> Row:
+def _reordered(ctx: Context, b: _Batch, split: OutputRows) -> Row:
     """The batch rolled by one (made by state_mutation when it can), put back in order, against the batch."""
     b.perm = rolled(b.n)
-    inverse = torch.argsort(torch.tensor(b.perm))
     shared = ctx.peek(ROLLED_KEY) if not b.synthesized else None
     if shared is not None and shared[:3] == (b.dim, b.n, b.perm):
-        permuted = flatten(shared[3])
+        permuted = shared[3]
     else:
-        permuted = flatten(ctx.forward(select(b.inputs, b.perm, b.dim, b.n)))
-    actual = {name: permuted[name].index_select(d, inverse.to(permuted[name].device)) for name, d in leaf_dims.items()
-              if isinstance(permuted.get(name), torch.Tensor) and permuted[name].dim() > d}
-    return judge(ctx, "batch rolled by one vs the batch", actual, {name: ref_flat[name] for name in leaf_dims})
+        permuted = ctx.forward(select(b.inputs, b.perm, b.dim, b.n))
+    return judge(ctx, "batch rolled by one vs the batch", split.in_order(permuted, b.perm), split.whole(b.reference))
 
 
 def _result(ctx: Context, b: _Batch, rows: list[Row], details: dict[str, Any]) -> CheckResult:
     metrics: dict[str, Any] = {
-        "batch_size": b.n, "batch_dim": b.dim, "samples_alone": len(b.indices), "synthesized_batch": b.synthesized,
+        "batch_size": b.n, "batch_dim": b.dim.value, "samples_alone": len(b.indices), "synthesized_batch": b.synthesized,
         "bitwise_comparisons": sum(r.bitwise for r in rows), "within_tolerance_comparisons": sum(r.ok and not r.bitwise for r in rows),
         "max_abs_diff": max((r.max_abs for r in rows), default=0.0),
     }
@@ -136,9 +131,10 @@ def _result(ctx: Context, b: _Batch, rows: list[Row], details: dict[str, Any]) -
     failing = [r for r in rows if not r.ok]
     if not failing:
         kinds = "bitwise" if all(r.bitwise for r in rows) else f"within the calibrated tolerance (max abs {metrics['max_abs_diff']:.2g})"
+        where = b.dim_source if b.dim.listed else f"batch dim {b.dim.value}, {b.dim_source}"
         return CheckResult.passed(
-            f"{note}each of {len(b.indices)} samples run alone matches its row of the batch of {b.n}"
-            + (", and so does the batch in another order" if b.perm else "") + f" ({kinds}; batch dim {b.dim}, {b.dim_source})",
+            f"{note}each of {len(b.indices)} {inp.batch_unit(b.inputs, b.dim)}s run alone matches its row of the batch of {b.n}"
+            + (", and so does the batch in another order" if b.perm else "") + f" ({kinds}; {where})",
             metrics=metrics, details=details)
     worst = max(failing, key=lambda r: r.sort_abs)
     if worst.comp is not None:
@@ -156,19 +152,19 @@ def _localise(ctx: Context, b: _Batch, rows: list[Row], rel: float) -> tuple[Any
     sample_rows = [(i, r) for i, r in zip(b.indices, rows) if not r.ok]
     if sample_rows:
         i = max(sample_rows, key=lambda ir: ir[1].sort_abs)[0]
-        return localise_batch(ctx, b.inputs, i, select(b.inputs, [i], b.dim, b.n), b.n, rel, b.dim)
+        return localise_batch(ctx, b.inputs, i, select(b.inputs, [i], b.dim, b.n), b.n, rel, b.dim.value)
     i = b.indices[0]
     permuted_batch = select(b.inputs, b.perm, b.dim, b.n)
-    return localise_batch(ctx, permuted_batch, b.perm.index(i), select(b.inputs, [i], b.dim, b.n), b.n, rel, b.dim)
+    return localise_batch(ctx, permuted_batch, b.perm.index(i), select(b.inputs, [i], b.dim, b.n), b.n, rel, b.dim.value)
 
 
 def _single_error_result(ctx: Context, exc: BaseException, part: Any, i: int, b: _Batch) -> CheckResult:
     err = explain_error(ctx, lambda: ctx.forward(part), exc)
-    hint, frame = batch_hint(ctx.model, err.module_name, err.module, b.dim)
+    hint, frame = batch_hint(ctx.model, err.module_name, err.module, b.dim.value)
     return CheckResult.failed(
-        f"sample {i} cannot run alone (batch of 1 along dim {b.dim}): {err.message}",
+        f"sample {i} cannot run alone (batch of 1 along dim {b.dim.value}): {err.message}",
         culprit=err.culprit.with_frame(frame),
         hint=f"a model that needs the rest of the batch to run one sample depends on it: {hint}",
-        metrics={"batch_size": b.n, "batch_dim": b.dim},
-        details={"error": err.message, "batch_dim": b.dim, "batch_dim_source": b.dim_source, "code": err.code},
+        metrics={"batch_size": b.n, "batch_dim": b.dim.value},
+        details={"error": err.message, "batch_dim": b.dim.value, "batch_dim_source": b.dim_source, "code": err.code},
     )

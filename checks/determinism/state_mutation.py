@@ -6,7 +6,7 @@ from typing import Any
 from torch_diagnose import fingerprint as fp
 from torch_diagnose import inputs as inp
 from torch_diagnose.context import Context
-from torch_diagnose.determinism import REPEAT_KEY, ROLLED_KEY
+from torch_diagnose.determinism import FIRST_CALL_KEY, REPEAT_KEY, ROLLED_KEY
 from torch_diagnose.determinism.batch import batch_dim, batch_size, rolled, select
 from torch_diagnose.determinism.state import Finding, findings
 from torch_diagnose.registry import CheckOptions, Option, register
@@ -37,8 +37,7 @@ def state_mutation(ctx: Context, opts: CheckOptions) -> CheckResult:
     Runs first in its family: `determinism` reuses its repeat and `batch_invariance` its rolled batch.
     """
     n_calls = max(2, int(opts.calls))
-    first_call_watched = not ctx.has_cached("reference") and ctx.stats.calls == 0
-    snaps = _watch(ctx, n_calls)
+    snaps, first_call_watched = _watch(ctx, n_calls)
     per_call, lazy = _changes(snaps, first_call_watched)
     found = findings(ctx.model, per_call, True, n_calls) + findings(ctx.model, lazy, False, n_calls)
 
@@ -60,16 +59,25 @@ def state_mutation(ctx: Context, opts: CheckOptions) -> CheckResult:
     return _mutated(found, metrics, details)
 
 
-def _watch(ctx: Context, n_calls: int) -> list[fp.Snapshot]:
+def _watch(ctx: Context, n_calls: int) -> tuple[list[fp.Snapshot], bool]:
     """Snapshots before the first call, after it, and after the last: a repeat (shared with
-    `determinism`), the batch rolled by one (shared with `batch_invariance`), then fresh inputs."""
+    `determinism`), the batch rolled by one (shared with `batch_invariance`), then fresh inputs.
+    The first call is `eval_mode`'s reference run when it snapshot it and nothing ran since.
+    Also returns whether the snapshots saw the model's very first call."""
     model = ctx.model
-    snaps = [fp.snapshot(model)]
-    if ctx.has_cached("reference"):
-        ctx.forward()
+    shared = ctx.peek(FIRST_CALL_KEY)
+    if shared and shared[2] == ctx.stats.calls:
+        snaps, first_call_watched = list(shared[:2]), True
     else:
-        ctx.reference
-    snaps.append(fp.snapshot(model))
+        first_call_watched = not ctx.has_cached("reference") and ctx.stats.calls == 0
+        snaps = [fp.snapshot(model)]
+        if ctx.has_cached("reference"):
+            ctx.forward()
+        else:
+            ctx.reference  # noqa: B018 - the first call
+        snaps.append(fp.snapshot(model))
+    if shared:
+        shared.clear()  # free the shared snapshots
     dim, _ = batch_dim(ctx, None)
     n = batch_size(ctx.inputs, dim)
     for i in range(1, n_calls):
@@ -83,7 +91,7 @@ def _watch(ctx: Context, n_calls: int) -> list[fp.Snapshot]:
         else:
             ctx.forward(inp.fresh_like(ctx.inputs, seed=ctx.options.seed + 1000 + i))
     snaps.append(fp.snapshot(model))  # after the last call: state that changes on later calls differs from snaps[1]
-    return snaps
+    return snaps, first_call_watched
 
 
 def _changes(snaps: list[fp.Snapshot], first_call_watched: bool) -> tuple[list[fp.Change], list[fp.Change]]:

@@ -51,8 +51,18 @@ MULTIPLIER = 4.0
 #: An output with less SQNR than this is too noisy to ship, even when fp32 is as ill-conditioned (dB).
 MIN_SQNR_DB = 20.0
 
+def _ways(raw: Any) -> list[str]:
+    """`autocast,cast` or a list -> lower-case names; at least one."""
+    items = raw if isinstance(raw, (list, tuple)) else str(raw).split(",")
+    ways = [str(w).strip().lower() for w in items if str(w).strip()]
+    if not ways:
+        raise UsageError("give at least one way: autocast and/or cast")
+    return ways
+
+
 _OPTIONS = (
-    Option("ways", list, list(WAYS), "ways to run in reduced precision: autocast, cast (whole model cast)"),
+    Option("ways", list, list(WAYS), "ways to run in reduced precision: autocast, cast (whole model cast)",
+           choices=tuple(WAYS), parse=_ways),
     Option("multiplier", float, MULTIPLIER,
            "error budget: rmse(low, fp64) <= multiplier * eps(dtype)/eps(fp32) * rmse(fp32, fp64) + floor"),
     Option("floor_ulps", float, 1.0, "the budget's floor, in eps(dtype) x the output's RMS"),
@@ -61,14 +71,6 @@ _OPTIONS = (
     Option("min_headroom", float, 4.0, "warn when a module's fp32 output comes within this factor of the dtype's largest value"),
     Option("layer_table", bool, True, "on a warning or failure, compute the per-layer error table (two extra hooked runs)"),
 )
-
-
-def _chosen_ways(opts: CheckOptions, name: str) -> list[str]:
-    ways = [w for w in (str(w).strip().lower() for w in opts.ways) if w]
-    unknown = [w for w in ways if w not in WAYS]
-    if unknown or not ways:
-        raise UsageError(f"{name}.ways: unknown way {unknown[0] if unknown else '(none)'!r}; use autocast and/or cast")
-    return ways
 
 
 def _rule_text(opts: CheckOptions, name: str, fp64_error: str | None) -> str:
@@ -138,7 +140,7 @@ def _summary(status: str, reasons: list[str], best: WayRun, metrics: dict[str, A
 
 def check_precision(ctx: Context, opts: CheckOptions, dtype: torch.dtype) -> CheckResult:
     """Run and judge one reduced dtype (shared by `fp16` and `bf16`)."""
-    ways = _chosen_ways(opts, dtype_name(dtype))
+    ways = list(opts.ways)
     fp64 = ctx.fp64
     ref64 = fp64.outputs if fp64.error is None else None
     room, top = headroom(fp32_ranges(ctx), dtype)

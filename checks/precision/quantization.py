@@ -11,6 +11,10 @@ so) with the x86/fbgemm engine (restored afterwards):
   QuantStub/DeQuantStub in the model and is not attempted. Calibration uses `Target.calibration`,
   or batches synthesised from the example inputs (same mean and std), with a warning.
 
+Which of them a default run builds is decided by `torch_diagnose.quant.defaults` (calibration data:
+both; Linear/LSTM/GRU holding most parameters: dynamic; else skipped, fast); naming the check runs
+every mode in `modes`.
+
 Both are compared with the fp32 outputs: SQNR per output, top-1 agreement for logits, accuracy
 against `Target.labels` when they match some inputs, size before/after, CPU latency before/after.
 Thresholds (check options): SQNR below `fail_sqnr_db` (10 dB: the output is mostly noise) fails,
@@ -37,6 +41,7 @@ from torch_diagnose.locate.culprit import Culprit
 from torch_diagnose.precision.input_stats import InputStats, record_input_stats
 from torch_diagnose.quant import judge as qj
 from torch_diagnose.quant.calibration import Calibration, calibration, calibration_blame
+from torch_diagnose.quant.defaults import default_note, default_plan
 from torch_diagnose.quant.flows import STATIC_FLOWS, make_dynamic, make_static
 from torch_diagnose.quant.runtime import QuantMode, quantized_engine, state_size, to_cpu
 from torch_diagnose.quant.sensitivity import culprit_hint, keep_float_trial, rank_layers, static_layers
@@ -45,9 +50,20 @@ from torch_diagnose.results import FAIL, PASS, SEVERITY, CheckResult, SkipCheck
 
 MODES = ("dynamic", "static")
 
+def _words(raw: Any) -> list[str]:
+    """`dynamic,static` or a list -> lower-case names; at least one."""
+    items = raw if isinstance(raw, (list, tuple)) else str(raw).split(",")
+    words = [str(w).strip().lower() for w in items if str(w).strip()]
+    if not words:
+        raise UsageError("give at least one of dynamic, static")
+    return words
+
+
 _OPTIONS = (
-    Option("modes", list, list(MODES), "which int8 variants to build: dynamic, static"),
-    Option("static_flow", str, "auto", "static flow: auto (PT2E, else FX), pt2e or fx"),
+    Option("modes", list, list(MODES), "which int8 variants to build: dynamic, static (a default run that did not "
+           "name the check builds what the default rule allows, see the check's doc)", choices=MODES, parse=_words),
+    Option("static_flow", str, "auto", "static flow: auto (PT2E, else FX), pt2e or fx", choices=tuple(STATIC_FLOWS),
+           parse=lambda raw: str(raw).strip().lower()),
     Option("warn_sqnr_db", float, 20.0, "warn when an output's SQNR vs fp32 is below this (dB)"),
     Option("fail_sqnr_db", float, 10.0, "fail when an output's SQNR vs fp32 is below this (dB): the output is mostly noise"),
     Option("min_top1", float, 0.9, "warn when top-1 agreement with fp32 (logits outputs) is below this"),
@@ -60,18 +76,6 @@ _OPTIONS = (
     Option("max_layers", int, 64, "at most this many layers are tried one at a time"),
     Option("latency", bool, True, "time fp32 and int8 forwards on CPU"),
 )
-
-
-def _chosen(opts: CheckOptions) -> tuple[list[str], tuple[str, ...]]:
-    """(modes, static flows to try), or a usage error."""
-    modes = [str(m).strip().lower() for m in opts.modes if str(m).strip()]
-    bad = [m for m in modes if m not in MODES]
-    if bad or not modes:
-        raise UsageError(f"quantization.modes: unknown mode {bad[0] if bad else '(none)'!r}; use dynamic and/or static")
-    flows = STATIC_FLOWS.get(str(opts.static_flow).lower())
-    if flows is None:
-        raise UsageError(f"quantization.static_flow must be auto, pt2e or fx, not {opts.static_flow!r}")
-    return modes, flows
 
 
 def _layer_inputs(static: QuantMode | None, float_model: nn.Module, cal: Calibration, x: Any,
@@ -119,10 +123,13 @@ def _metrics(results: list[QuantMode], size_fp32: int, latency_fp32: float | Non
 
 
 @register("quantization", family="precision", title="int8 dynamic and static quantization keep the outputs", options=_OPTIONS,
-          order=45, default=False)  # opt-in: torchao import, export and calibration cost ~25-45 forwards (resnet18)
+          order=45)  # default, but gated by quant/defaults.py: skipped at once unless the rule or the user asks for it
 def quantization(ctx: Context, opts: CheckOptions) -> CheckResult:
-    """Int8 dynamic (Linear/LSTM/GRU) and static post-training quantization against fp32 (opt-in:
-    `--checks quantization` or `--checks all`).
+    """Int8 dynamic (Linear/LSTM/GRU) and static post-training quantization against fp32.
+
+    In a run that does not name it, it runs both modes when the Target has `calibration` data,
+    dynamic only when Linear/LSTM/GRU hold at least half the parameters, and is skipped otherwise
+    (`--checks quantization` always runs every mode in `modes`).
 
     Static uses PT2E (torchao, XNNPACK quantizer) where the model exports, else FX; calibration
     comes from `Target.calibration` or is synthesised from the example (with a warning). Reports
@@ -132,7 +139,10 @@ def quantization(ctx: Context, opts: CheckOptions) -> CheckResult:
     at a time and ranked by the SQNR they cost; the worst is the culprit, with its input's channel
     outliers and the SQNR with it kept in float.
     """
-    modes, flows = _chosen(opts)
+    plan = default_plan(ctx.options, ctx.original_model, ctx.target.calibration is not None, list(opts.modes))
+    if not plan.modes:
+        return CheckResult.skipped(plan.reason)
+    modes, flows = plan.modes, STATIC_FLOWS[opts.static_flow]
     if not hasattr(torch.ao, "quantization") or not torch.backends.quantized.supported_engines:
         raise SkipCheck("this torch build has no quantized CPU engine")
     on_cuda = ctx.device.type != "cpu"
@@ -140,6 +150,7 @@ def quantization(ctx: Context, opts: CheckOptions) -> CheckResult:
     x, ref = to_cpu(ctx.inputs), to_cpu(ctx.reference)
     cal = calibration(ctx, opts, x)
     notes = [f"quantized CPU kernels only: the int8 models ran on CPU (the run's device is {ctx.device})"] if on_cuda else []
+    notes += [n for n in [default_note(plan, list(opts.modes))] if n]
     with quantized_engine() as engine:
         # measure: build, run, compare and time each variant
         results = ([make_dynamic(ctx, float_model, x)] if "dynamic" in modes else []) + (

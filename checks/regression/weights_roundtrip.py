@@ -15,9 +15,12 @@ import torch
 
 from torch_diagnose.compare import Comparison, compare
 from torch_diagnose.context import Context
+from torch_diagnose.determinism.unregistered import assignment_frame, container_fix
+from torch_diagnose.locate import Culprit
 from torch_diagnose.locate.divergence import first_divergence
 from torch_diagnose.locate.hooks import ModuleRecorder
-from torch_diagnose.regression.state import KeyProblems, fresh_model, hidden_state, key_owner, key_problems, module_culprit
+from torch_diagnose.regression.state import (KeyProblems, fresh_model, hidden_state, key_owner, key_problems, module_culprit,
+                                            LostState, unregistered_state)
 from torch_diagnose.registry import CheckOptions, register
 from torch_diagnose.results import CheckResult, SkipCheck
 from torch_diagnose.text import format_bytes, one_line
@@ -31,8 +34,9 @@ def weights_roundtrip(ctx: Context, opts: CheckOptions) -> CheckResult:
     The state_dict is written with torch.save, read back with weights_only=True (safe loading) and
     loaded with strict=True into a fresh model from `Target.factory` (skipped when the target has
     none). Missing, unexpected and mis-shaped keys are named; then the fresh model must give
-    bitwise identical outputs. When it does not, state kept outside the state_dict (plain tensor
-    attributes, non-persistent buffers, numbers) or the first module whose output differs is named.
+    bitwise identical outputs. When it does not, weights held by unregistered modules (layers in a
+    plain list or dict), state kept outside the state_dict (plain tensor attributes, non-persistent
+    buffers, numbers) or the first module whose output differs is named.
     """
     if ctx.target.factory is None:
         raise SkipCheck("the target has no factory (Target.factory: a zero-argument callable that builds a fresh model), "
@@ -117,8 +121,12 @@ def _different_outputs(ctx: Context, fresh: torch.nn.Module, outputs: Any, exact
     model = ctx.model
     close = compare(outputs, ctx.reference, leaf_tolerances=ctx.tolerances() or None)
     hidden = hidden_state(model, fresh)
+    lost = unregistered_state(model)
     details: dict[str, Any] = {"hidden_state": [h.row() for h in hidden], "difference": exact.describe()}
-    if hidden:
+    if lost:
+        details["unregistered_state"] = [item.row() for item in lost]
+        culprit, hint = _lost_explanation(model, lost)
+    elif hidden:
         h = hidden[0]
         culprit = module_culprit(model, h.name)
         hint = (f"`{h.attribute}` of {h.label} is a {h.kind} the state_dict does not carry, and it differs in a "
@@ -133,8 +141,26 @@ def _different_outputs(ctx: Context, fresh: torch.nn.Module, outputs: Any, exact
         culprit = module_culprit(model, div.name, div.module_type) if div else module_culprit(model, "")
         hint = (f"{culprit.label} gives different outputs with the same loaded weights: it keeps state outside the state_dict "
                 f"(Python attributes, caches, RNG) or the factory builds it differently (memory format, compiled wrapper)")
+    cause = (f"; the state_dict lacks the weights of {', '.join(i.label for i in lost[:4])}{' ...' if len(lost) > 4 else ''}, "
+             "which the model holds without registering them" if lost else "")
     if close.passed:
         summary = f"a fresh model loaded with the saved state_dict agrees only within fp32 tolerance, not bitwise (max abs diff {exact.max_abs:.3g})"
-        return CheckResult.warned(summary, culprit=culprit, hint=hint, metrics=metrics, details=details)
-    return CheckResult.failed(f"a fresh model loaded with the saved state_dict gives different outputs ({exact.describe()})",
+        return CheckResult.warned(summary + cause, culprit=culprit, hint=hint, metrics=metrics, details=details)
+    return CheckResult.failed(f"a fresh model loaded with the saved state_dict gives different outputs ({exact.describe()}){cause}",
                               culprit=culprit, hint=hint, metrics=metrics, details=details)
+
+
+def _lost_explanation(model: torch.nn.Module, lost: list[LostState]) -> tuple[Culprit, str]:
+    """Weights held by unregistered modules (or Parameters in plain containers): named where they are assigned."""
+    first = lost[0].holder
+    holder = model.get_submodule(first.holder) if first.holder else model
+    frame = assignment_frame(holder, first.attribute)
+    is_module = isinstance(lost[0].obj, torch.nn.Module)
+    culprit = Culprit.module(lost[0].path, lost[0].obj, frame) if is_module else Culprit.named(lost[0].label, "state", frame)
+    fix = container_fix(first)
+    if not is_module:
+        fix = fix.replace("nn.ModuleList", "nn.ParameterList").replace("nn.ModuleDict", "nn.ParameterDict")
+    total = sum(item.numel for item in lost)
+    return culprit, (f"the state_dict does not carry {len(lost)} unregistered holder(s) of weights "
+                     f"({', '.join(i.label for i in lost[:4])}; {total} elements): a checkpoint loses them and a model "
+                     f"loaded from it runs with fresh random values; {fix}")

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .tolerance import REL_FLOOR, Tolerance, default_tolerance, less_precise
+from .tolerance import REL_FLOOR, Tolerance, default_tolerance, less_precise, scaled_atol
 
 
 @dataclass
@@ -71,6 +71,10 @@ def compare_leaf(
     if ta is None or te is None:
         if (ta is None) != (te is None):
             return LeafComparison(name, "mismatch", False, f"type differs: {type(act).__name__} vs {type(exp).__name__}")
+        if isinstance(act, torch.device) and isinstance(exp, torch.device):
+            # where a cache says it lives (transformers' `layers[i].device`), not what it holds:
+            # tensors are compared on the CPU wherever they ran
+            return LeafComparison(name, "value", True)
         try:
             equal = bool(act == exp)
         except Exception:
@@ -85,10 +89,13 @@ def compare_leaf(
         )
     if check_dtype and ta.dtype != te.dtype:
         return LeafComparison(name, "mismatch", False, f"dtype differs: {ta.dtype} vs expected {te.dtype}")
+    scale_dtype = None
     if tol is None:
-        base = default_tolerance(less_precise(ta.dtype, te.dtype))
+        dtype = less_precise(ta.dtype, te.dtype)
+        base = default_tolerance(dtype)
         tol = Tolerance(base.rtol if rtol is None else rtol, base.atol if atol is None else atol)
-    return _compare_tensors(name, ta, te, tol, equal_nan)
+        scale_dtype = dtype if atol is None else None  # a default atol follows the output's scale
+    return _compare_tensors(name, ta, te, tol, equal_nan, scale_dtype)
 
 @dataclass
 class _Diff:
@@ -224,7 +231,9 @@ def _describe_failure(out: LeafComparison, d: _Diff, outside: torch.Tensor, ta: 
         out.message += f"; actual has {out.nan_actual} NaN and {out.inf_actual} Inf"
 
 
-def _compare_tensors(name: str, ta: torch.Tensor, te: torch.Tensor, tol: Tolerance, equal_nan: bool) -> LeafComparison:
+def _compare_tensors(name: str, ta: torch.Tensor, te: torch.Tensor, tol: Tolerance, equal_nan: bool,
+                     scale_dtype: torch.dtype | None = None) -> LeafComparison:
+    """`scale_dtype`: the default atol was taken for this dtype; cap it by the reference's RMS."""
     out = LeafComparison(
         name, "tensor", True, shape=tuple(te.shape), dtype=str(te.dtype).replace("torch.", ""),
         numel=te.numel(), rtol=tol.rtol, atol=tol.atol,
@@ -232,6 +241,9 @@ def _compare_tensors(name: str, ta: torch.Tensor, te: torch.Tensor, tol: Toleran
     if te.numel() == 0:
         return out
     d, exact_ne = _diff(out, ta, te, equal_nan)
+    if scale_dtype is not None:
+        tol = Tolerance(tol.rtol, scaled_atol(tol.atol, scale_dtype, d.rms_e))
+        out.atol = tol.atol
     _error_stats(out, d)
     outside = _tolerance_stats(out, d, tol)
     _topk_agreement(out, d, te)

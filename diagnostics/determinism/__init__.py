@@ -22,3 +22,6 @@ ROLLED_KEY = "determinism:rolled-batch-output"
 SAMPLE_KEY = "determinism:sample-0-output"
 #: The family's tolerances (`judge.Tol`), built once and only when a comparison is not bitwise.
 TOLERANCE_KEY = "determinism:tolerances"
+#: [snapshot before, snapshot after, ctx.stats.calls after] of the model's first call (the reference), taken by
+#: `eval_mode` (which watches that call for unregistered modules) for `state_mutation`, which empties the list.
+FIRST_CALL_KEY = "determinism:first-call-snapshots"

@@ -1,48 +1,35 @@
-"""The batch dimension and its samples: finding it, picking and joining samples, aligning a
-batched tensor's rows with a sample run alone, and sample 0 run alone (shared by the family)."""
+"""The batch dimension and its samples for the determinism family: finding it, picking and joining
+samples (both through the one batch policy, `inputs.batches`), splitting a batched output into
+samples (`OutputRows`), aligning a batched tensor's rows with a sample run alone, and sample 0 run
+alone (shared by the family)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
 
 from .. import inputs as inp
 from ..context import Context
-from ..tree import flatten, map_leaves
+from ..tree import flatten
 from . import SAMPLE_KEY
 
 Align = Callable[[dict, dict], tuple[dict, dict]]
 
 
-def batch_dim(ctx: Context, given: int | None) -> tuple[int, str]:
-    """The inputs' batch dimension: the option, Target.batch_dim, or the first dim all inputs agree on."""
-    if given is not None:
-        return int(given), "given by the batch_dim option"
-    if ctx.target.batch_dim != 0:
-        return ctx.target.batch_dim, "Target.batch_dim"
-    tensors = [t for t in inp.tensors(ctx.inputs) if t.dim() > 0]
-    for d in range(max((t.dim() for t in tensors), default=0)):
-        sizes = {t.shape[d] for t in tensors if t.dim() > d}
-        if len(sizes) == 1:
-            return d, f"found from the example inputs (every input has size {sizes.pop()} in dim {d})"
-    return 0, "default (the inputs agree on no dimension)"
+def batch_dim(ctx: Context, given: Any) -> tuple[inp.BatchDims, str]:
+    """The inputs' batch dims and their source: the option, the Target, a list of samples, or the first
+    dim all inputs agree on (the one policy: `inputs.run_batch_dims`)."""
+    return inp.run_batch_dims(ctx, given)
 
 
-def batch_size(inputs: Any, dim: int) -> int | None:
-    sizes = [t.shape[dim] for t in inp.tensors(inputs) if t.dim() > dim]
-    return max(set(sizes), key=sizes.count) if sizes else None
+def batch_size(inputs: Any, dim: Any) -> int | None:
+    return inp.batch_size(inputs, dim)
 
 
-def select(inputs: Any, index: Sequence[int], dim: int, n: int) -> Any:
-    """The samples `index` (in that order) of every input with batch size `n` along `dim`."""
-    idx = torch.as_tensor(list(index), dtype=torch.long)
-
-    def pick(t: Any) -> Any:
-        if isinstance(t, torch.Tensor) and t.dim() > dim and t.shape[dim] == n:
-            return t.index_select(dim, idx.to(t.device))
-        return t
-
-    return map_leaves(inputs, pick)
+def select(inputs: Any, index: Sequence[int], dim: Any, n: int) -> Any:
+    """The samples `index` (in that order) of every input with batch size `n`."""
+    return inp.select_batch(inputs, list(index), dim, size=n)
 
 
 def rolled(n: int) -> list[int]:
@@ -50,17 +37,8 @@ def rolled(n: int) -> list[int]:
     return [(j + 1) % n for j in range(n)]
 
 
-def concat(parts: list[Any], dim: int, n: int) -> Any:
-    flats = [list(flatten(p).values()) for p in parts]
-    position = iter(range(len(flats[0])))
-
-    def join(t: Any) -> Any:
-        i = next(position)
-        if isinstance(t, torch.Tensor) and t.dim() > dim and t.shape[dim] == n:
-            return torch.cat([f[i] for f in flats], dim=dim)
-        return t
-
-    return map_leaves(parts[0], join)
+def concat(parts: list[Any], dim: Any, n: int) -> Any:
+    return inp.concat_batch(parts, dim)
 
 
 def leaf_batch_dim(batched: Any, single: Any, n: int) -> int | None:
@@ -130,3 +108,59 @@ def sample_zero(ctx: Context) -> tuple[int, int, Any, Any] | None:
         return ctx.cached(SAMPLE_KEY, lambda: (dim, n, inputs, ctx.forward(inputs)))
     except Exception:  # a model that cannot run one sample: batch_invariance reports it; compare whole batches here
         return None
+
+
+def _listed(out: Any, n: int) -> bool:
+    return inp.sample_list(out) and len(out) == n
+
+
+def _tensor_leaves(out: Any) -> dict[str, torch.Tensor]:
+    return {name: t for name, t in flatten(out).items() if isinstance(t, torch.Tensor)}
+
+
+@dataclass
+class OutputRows:
+    """How a batched output splits into samples: each tensor leaf along its own batch dim, or a list of
+    per-sample outputs (torchvision detections: one dict per image) along the list."""
+
+    leaf_dims: dict[str, int]
+    listed: bool = False
+
+    @classmethod
+    def of(cls, batched: Any, single: Any, n: int) -> "OutputRows":
+        if _listed(batched, n) and _listed(single, 1):
+            return cls({}, True)
+        ref, first = flatten(batched), flatten(single)
+        return cls({name: d for name, t in ref.items() if (d := leaf_batch_dim(t, first.get(name), n)) is not None})
+
+    def __bool__(self) -> bool:
+        return self.listed or bool(self.leaf_dims)
+
+    @property
+    def dims(self) -> dict[str, Any]:
+        return {"output": "the list (one output per sample)"} if self.listed else dict(self.leaf_dims)
+
+    def alone(self, single: Any) -> dict[str, Any]:
+        """A sample run alone, as compared."""
+        flat = flatten(single)
+        return _tensor_leaves(single) if self.listed else {name: flat.get(name) for name in self.leaf_dims}
+
+    def row(self, batched: Any, i: int) -> dict[str, Any]:
+        """Sample i's part of the batched output, named and shaped as `alone` names and shapes it."""
+        if self.listed:
+            return _tensor_leaves([batched[i]])
+        flat = flatten(batched)
+        return {name: flat[name].narrow(d, i, 1) for name, d in self.leaf_dims.items()}
+
+    def whole(self, batched: Any) -> dict[str, Any]:
+        flat = flatten(batched)
+        return _tensor_leaves(batched) if self.listed else {name: flat[name] for name in self.leaf_dims}
+
+    def in_order(self, permuted: Any, perm: list[int]) -> dict[str, Any]:
+        """The output of the batch run in order `perm`, put back in the original order."""
+        inverse = torch.argsort(torch.tensor(perm))
+        if self.listed:
+            return _tensor_leaves([permuted[int(j)] for j in inverse])
+        flat = flatten(permuted)
+        return {name: flat[name].index_select(d, inverse.to(flat[name].device)) for name, d in self.leaf_dims.items()
+                if isinstance(flat.get(name), torch.Tensor) and flat[name].dim() > d}

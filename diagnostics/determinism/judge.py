@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..compare import Comparison, Tolerance, compare, default_tolerance, eps
+from ..compare import Comparison, Tolerance, compare, default_tolerance, eps, rms_of, scaled_atol
 from ..context import Context
 from ..text import one_line
 from ..tree import flatten
@@ -38,7 +38,8 @@ def _fallback_tolerances(reference: Any) -> dict[str, Tolerance]:
     for name, t in flatten(reference).items():
         if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel():
             base = default_tolerance(t.dtype)
-            out[name] = Tolerance(max(base.rtol, 16 * eps(t.dtype)), max(base.atol, 64 * eps(t.dtype) * _scale(t)))
+            atol = scaled_atol(base.atol, t.dtype, rms_of(t))  # a tiny output gets a proportionally tiny floor
+            out[name] = Tolerance(max(base.rtol, 16 * eps(t.dtype)), max(atol, 64 * eps(t.dtype) * _scale(t)))
     return out
 
 

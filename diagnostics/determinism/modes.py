@@ -66,3 +66,46 @@ def bn_training_hint(model: torch.nn.Module, name: str, module: torch.nn.Module,
     else:
         fix += " (something calls `.train()` on it after `model.eval()`)"
     return f"module `{name or '<root>'}` ({type(module).__name__}) is in training mode: {effect}; {fix}", frame
+
+
+def train_signature(module: torch.nn.Module) -> str | None:
+    """`train(self, loader, epochs=1)` when the module's class overrides `train()` with a signature
+    that `nn.Module.eval()` / `.train(mode)` cannot call as `train(mode: bool)` (a training loop
+    shadowing it); None for the base method and for compatible overrides (`train(self, mode=True)`,
+    `train(self, *args, **kwargs)`)."""
+    train = type(module).train
+    if train is torch.nn.Module.train:
+        return None
+    try:
+        params = list(inspect.signature(train).parameters.values())[1:]  # past self
+    except (TypeError, ValueError):
+        return None
+    kinds = inspect.Parameter
+    first = params[0] if params else None
+    compatible_first = first is not None and (
+        first.kind is kinds.VAR_POSITIONAL
+        or (first.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD)
+            and (first.name == "mode" or isinstance(first.default, bool))))
+    others_optional = all(p.default is not kinds.empty or p.kind in (kinds.VAR_POSITIONAL, kinds.VAR_KEYWORD)
+                          for p in params[1:])
+    if compatible_first and others_optional:
+        return None
+    return "train(" + ", ".join(_plain(p) for p in inspect.signature(train).parameters.values()) + ")"
+
+
+def _plain(param: inspect.Parameter) -> str:
+    """A parameter as written, without its annotation: `epochs=1`, `*args`."""
+    prefix = {inspect.Parameter.VAR_POSITIONAL: "*", inspect.Parameter.VAR_KEYWORD: "**"}.get(param.kind, "")
+    default = "" if param.default is inspect.Parameter.empty else f"={param.default!r}"
+    return f"{prefix}{param.name}{default}"
+
+
+def shadowed_trains(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module, str]]:
+    """(path, module, signature) of every module whose `train()` has another signature than
+    `nn.Module.train(mode=True)`: `.eval()` calls it with False, which it does not expect."""
+    found = []
+    for name, module in model.named_modules():
+        signature = train_signature(module)
+        if signature is not None:
+            found.append((name, module, signature))
+    return found

@@ -145,3 +145,40 @@ class ModuleStack:
         if self._stack:
             return self._stack[-1]
         return "", type(self.model).__name__ if self.model is not None else ""
+
+
+class GlobalModuleStack:
+    """While active, `current` is the innermost running `nn.Module` of any kind, registered in the
+    model or not: global forward hooks also see modules held in plain lists/dicts/attributes or
+    created inside `forward`, which per-module hooks (`ModuleStack`) never reach.
+
+    `on_enter(module)` is called as each module starts its forward. Hooks are removed on exit.
+    """
+
+    def __init__(self, on_enter: Callable[[torch.nn.Module], None] | None = None) -> None:
+        self.on_enter = on_enter
+        self._stack: list[torch.nn.Module] = []
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> "GlobalModuleStack":
+        from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+
+        self._handles = [register_module_forward_pre_hook(self._push),
+                         register_module_forward_hook(self._pop, always_call=True)]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        remove_hooks(self._handles)
+
+    def _push(self, module: torch.nn.Module, args: Any) -> None:
+        self._stack.append(module)
+        if self.on_enter is not None:
+            self.on_enter(module)
+
+    def _pop(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if self._stack and self._stack[-1] is module:
+            self._stack.pop()
+
+    @property
+    def current(self) -> torch.nn.Module | None:
+        return self._stack[-1] if self._stack else None

@@ -7,7 +7,7 @@ batches and fake tensors above the example's batch); `confirm_on_cuda` runs the 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -19,7 +19,7 @@ from ..locate.source import class_frame
 from ..options import parse_size
 from ..results import SkipCheck
 from ..text import GiB, format_bytes, one_line
-from .peak import PeakMeasurement, cuda_try, measure_peak_cuda, measure_peak_dispatch, measure_peak_fake, resize_batch
+from .peak import PeakMeasurement, cuda_try, measure_peak_cuda, measure_peak_dispatch, measure_peak_fake
 from .search import SearchResult, fit_linear, free_cuda_memory, is_oom, memory_fraction, search_max_batch
 from .tracker import model_bytes
 
@@ -56,6 +56,21 @@ class BudgetPlan:
     budget_source: str  # "given" or "device total"
     reserve: int
     margin: float
+    dims: Any = None  # BatchDims: the one batch policy (`inputs.run_batch_dims`)
+    unit: str = "sample"  # what one sample is: `image` for a list of images
+    rejected: dict[int, str] = field(default_factory=dict)  # batches the model refuses to run, and why
+
+    def batch_text(self, n: int) -> str:
+        """`batch 4`, or `batch of 4 images` when the batch is a list of images."""
+        return f"batch {n}" if self.unit == "sample" else f"batch of {n} {self.unit}{'s' if n != 1 else ''}"
+
+    @property
+    def rejection(self) -> str:
+        """`the model rejects batch 1, 4: <error> at <line>` ("" when it runs every batch tried)."""
+        if not self.rejected:
+            return ""
+        first = next(iter(self.rejected.values()))
+        return f"the model rejects batch {', '.join(map(str, self.rejected))}: {first}"
 
     @property
     def batches(self) -> list[int]:
@@ -91,39 +106,56 @@ class BudgetPlan:
 
 def example_batch(ctx: Context) -> int:
     """The example inputs' batch size; skips the check when the inputs share no batch dimension."""
-    size = inp.batch_size(ctx.inputs, ctx.batch_dim)
+    dims, _source = inp.run_batch_dims(ctx)
+    size = inp.batch_size(ctx.inputs, dims)
     if size is None or size < 1:
-        raise SkipCheck(f"the example inputs have no common batch dimension {ctx.batch_dim} (got {inp.describe(ctx.inputs)}): "
+        raise SkipCheck(f"the example inputs have no common batch dimension {dims} (got {inp.describe(ctx.inputs)}): "
                         "peak memory cannot be related to a batch size")
     return size
 
 
-def measure_batches(ctx: Context, batches: list[int], on_cuda: bool) -> tuple[list[PeakMeasurement], list[str]]:
+def measure_batches(ctx: Context, batches: list[int], on_cuda: bool,
+                    rejected: dict[int, str] | None = None) -> tuple[list[PeakMeasurement], list[str]]:
     """Peak per batch: CUDA statistics on a GPU; on CPU a real tracked run for small batches and fake
-    tensors (falling back to a real run) above the example's batch."""
+    tensors (falling back to a real run) above the example's batch. A batch other than the example's
+    that the model refuses (`x.view(2, -1)`) goes into `rejected` (batch -> why) instead of ending the check."""
     example = example_batch(ctx)
+    dims, _source = inp.run_batch_dims(ctx)
     measured: list[PeakMeasurement] = []
     notes: list[str] = []
+    rejected = {} if rejected is None else rejected
     fake_ok = True
     for batch in batches:
-        x = resize_batch(ctx.inputs, batch, ctx.batch_dim)
-        if on_cuda:
-            _measure_on_cuda(ctx, x, batch, measured, notes)
-            continue
-        if batch > max(example, 4) and fake_ok:
-            try:
-                measured.append(measure_peak_fake(ctx.model, x, batch=batch))
-                continue
-            except Exception as exc:
-                fake_ok = False
-                notes.append(f"fake tensors cannot run this model ({one_line(exc, 120)}); larger batches were run for real")
-        if len(measured) >= 2 and batch > example:
-            predicted = fit_linear([(m.batch, m.peak_bytes) for m in measured]).predict(batch)
-            if predicted > MAX_REAL_RUN_BYTES:
-                notes.append(f"batch {batch} was not run on CPU (predicted {predicted / GiB:.1f} GiB): its peak is extrapolated")
-                continue
-        measured.append(measure_peak_dispatch(ctx.model, x, batch=batch, run=lambda m, xi: ctx.forward(xi, m)))
+        x = inp.resize_batch(ctx.inputs, batch, dims)
+        try:
+            fake_ok = _measure_one(ctx, x, batch, example, on_cuda, fake_ok, measured, notes)
+        except Exception as exc:
+            if batch == example or is_oom(exc):
+                raise
+            rejected[batch] = inp.rejection(exc)
     return measured, notes
+
+
+def _measure_one(ctx: Context, x: Any, batch: int, example: int, on_cuda: bool, fake_ok: bool,
+                 measured: list[PeakMeasurement], notes: list[str]) -> bool:
+    """Measure one batch into `measured`; returns whether fake tensors still work for this model."""
+    if on_cuda:
+        _measure_on_cuda(ctx, x, batch, measured, notes)
+        return fake_ok
+    if batch > max(example, 4) and fake_ok:
+        try:
+            measured.append(measure_peak_fake(ctx.model, x, batch=batch))
+            return fake_ok
+        except Exception as exc:
+            fake_ok = False
+            notes.append(f"fake tensors cannot run this model ({one_line(exc, 120)}); larger batches were run for real")
+    if len(measured) >= 2 and batch > example:
+        predicted = fit_linear([(m.batch, m.peak_bytes) for m in measured]).predict(batch)
+        if predicted > MAX_REAL_RUN_BYTES:
+            notes.append(f"batch {batch} was not run on CPU (predicted {predicted / GiB:.1f} GiB): its peak is extrapolated")
+            return fake_ok
+    measured.append(measure_peak_dispatch(ctx.model, x, batch=batch, run=lambda m, xi: ctx.forward(xi, m)))
+    return fake_ok
 
 
 def _measure_on_cuda(ctx: Context, x: Any, batch: int, measured: list[PeakMeasurement], notes: list[str]) -> None:
@@ -159,8 +191,10 @@ def peak_culprit(ctx: Context, measured: list[PeakMeasurement], deploy_m: PeakMe
 def confirm_on_cuda(ctx: Context, budget: int, deploy: int, estimate: int | None, max_batch: int) -> SearchResult:
     """The real search on CUDA under a per-process memory fraction equal to the budget."""
 
+    dims, _source = inp.run_batch_dims(ctx)
+
     def make(batch: int) -> Any:
-        return resize_batch(ctx.inputs, batch, ctx.batch_dim)
+        return inp.resize_batch(ctx.inputs, batch, dims)
 
     start = max(1, min(deploy, estimate or deploy))
     # Other things this run keeps on the device (the fp64 copy, reference outputs) are not the deployment's:

@@ -18,7 +18,7 @@ import torch
 from .. import inputs as inp
 from ..context import Context
 from ..locate.code import LIBRARY, USER, Frame, owner
-from ..locate.culprit import STATE, Culprit
+from ..locate.culprit import STATE, Culprit, module_label
 from .tracker import LiveBytesTracker
 
 #: Module attributes that are torch's own bookkeeping, never a user's store.
@@ -69,6 +69,7 @@ class Holder:
     holds_autograd_graph: bool
     site: Frame | None  # the line that stores into it
     produced_by: list[str] = field(default_factory=list)
+    hook: str = ""  # `forward hook keep (model.py:12) registered on body.0 (Linear)` when a hook fills it
 
     @property
     def culprit(self) -> Culprit:
@@ -77,11 +78,13 @@ class Holder:
     def as_row(self) -> dict[str, Any]:
         return {"path": self.path, "bytes": self.bytes, "tensors": self.tensors, "container": self.container,
                 "owner": self.owner, "holds_autograd_graph": self.holds_autograd_graph,
-                "location": self.site.location if self.site else None, "produced_by": self.produced_by}
+                "location": self.site.location if self.site else None, "produced_by": self.produced_by,
+                **({"hook": self.hook} if self.hook else {})}
 
 
 def _holder(path: str, value: Any, owner_name: str, owner_obj: Any, attr: str,
-            live: dict[int, int], sites: dict[int, str]) -> Holder | None:
+            live: dict[int, int], sites: dict[int, str], site: Any = "find") -> Holder | None:
+    """The tracked live tensors `value` holds, as a Holder (None: none); `site` given, or found with `store_site`."""
     storages: dict[int, int] = {}
     grad_graph = False
     count = 0
@@ -98,7 +101,7 @@ def _holder(path: str, value: Any, owner_name: str, owner_obj: Any, attr: str,
         return None
     made_by = sorted({sites[sid] for sid in storages if sid in sites})
     return Holder(path, sum(storages.values()), count, type(value).__name__, owner_name, grad_graph,
-                  store_site(owner_obj, attr), made_by[:5])
+                  store_site(owner_obj, attr) if site == "find" else site, made_by[:5])
 
 
 def find_holders(model: torch.nn.Module, live: dict[int, int], sites: dict[int, str] | None = None) -> list[Holder]:
@@ -122,7 +125,66 @@ def find_holders(model: torch.nn.Module, live: dict[int, int], sites: dict[int, 
         for attr, value in vars(pymod).items():
             if isinstance(value, (list, dict, set, tuple)) or type(value).__name__ in ("deque", "OrderedDict") or isinstance(value, torch.Tensor):
                 found.append(_holder(f"{mod_name}.{attr}", value, f"module {mod_name}", pymod, attr, live, sites))
+    found += hook_holders(model, live, sites)
     return sorted((h for h in found if h is not None), key=lambda h: -h.bytes)
+
+
+def _hook_stores(hook: Any) -> tuple[Any, list[tuple[str, Any, bool]]]:
+    """(the hook's function, [(name, value, is_attribute)]): what a hook can store into — its object's
+    attributes (a Grad-CAM helper's bound method), its closure variables and the globals it names."""
+    func = getattr(hook, "__func__", None) or getattr(hook, "func", None) or hook
+    stores: list[tuple[str, Any, bool]] = []
+    owner_obj = getattr(hook, "__self__", None)
+    if owner_obj is not None and not isinstance(owner_obj, torch.nn.Module) and hasattr(owner_obj, "__dict__"):
+        stores += [(f"{type(owner_obj).__name__}.{attr}", value, True) for attr, value in vars(owner_obj).items()]
+    code = getattr(func, "__code__", None)
+    if code is not None:
+        cells = getattr(func, "__closure__", None) or ()
+        for name, cell in zip(code.co_freevars, cells):
+            try:
+                stores.append((name, cell.cell_contents, False))
+            except ValueError:  # an empty cell
+                continue
+        glob = getattr(func, "__globals__", {})
+        stores += [(name, glob[name], False) for name in code.co_names if name in glob and
+                   (isinstance(glob[name], (list, dict, set, torch.Tensor)) or type(glob[name]).__name__ == "deque")]
+    return func, stores
+
+
+def _hook_site(func: Any, name: str) -> Frame | None:
+    """The line of the hook that stores into `name` (`self.activations.append(...)`, `feats.append(...)`),
+    else the hook's `def` line."""
+    try:
+        lines, start = inspect.getsourcelines(func)
+        file = inspect.getsourcefile(func) or ""
+    except (OSError, TypeError):
+        return None
+    target = (r"self\." if "." in name else "") + re.escape(name.rsplit(".", 1)[-1])
+    store = re.compile(rf"(?<![\w.]){target}\s*(\.(append|extend|insert|add|update|setdefault|appendleft)\(|\[[^\]]*\]\s*=[^=]|\+=)")
+    for offset, line in enumerate(lines):
+        if store.search(line.split("#", 1)[0]):
+            return Frame(file, start + offset, getattr(func, "__name__", ""), line.strip())
+    return Frame(file, start, getattr(func, "__name__", ""), lines[0].strip() if lines else "")
+
+
+def hook_holders(model: torch.nn.Module, live: dict[int, int], sites: dict[int, str]) -> list[Holder]:
+    """Containers filled by forward (pre-)hooks on the model's modules: a leftover Grad-CAM hook appending
+    every activation to a list is named with the hook, where it is written and the module it is on."""
+    found: list[Holder] = []
+    for mod_name, module in model.named_modules():
+        for kind, hooks in (("forward hook", module._forward_hooks), ("forward pre-hook", module._forward_pre_hooks)):
+            for hook in list(hooks.values()):
+                func, stores = _hook_stores(hook)
+                for name, value, _is_attr in stores:
+                    holder = _holder(name, value, "", None, "", live, sites, site=None)
+                    if holder is None:
+                        continue
+                    holder.site = _hook_site(func, name)
+                    where = f" ({holder.site.location})" if holder.site else ""
+                    holder.hook = f"{kind} {getattr(func, '__qualname__', func)}{where} registered on {module_label(mod_name, module)}"
+                    holder.owner = f"{kind} {getattr(func, '__name__', func)} on {module_label(mod_name, module)}"
+                    found.append(holder)
+    return found
 
 
 def _store_sources(owner_obj: Any) -> list[tuple[str | None, list[str], int]]:

@@ -10,22 +10,12 @@ from typing import Any, Callable
 
 import torch
 
-from ..inputs import as_args_kwargs, batch_size, call_model, select_batch, tensors
+from ..inputs import as_args_kwargs, call_model, resize_batch, tensors  # noqa: F401  (resize_batch: the one batch policy)
 from ..locate.culprit import module_label
 from ..text import format_bytes
 from ..tree import map_leaves
 from .search import free_cuda_memory
 from .tracker import LiveBytesTracker, input_bytes, model_bytes
-
-
-def resize_batch(inputs: Any, batch: int, batch_dim: int = 0) -> Any:
-    """The inputs with `batch` rows, repeating the example's rows cyclically."""
-    size = batch_size(inputs, batch_dim)
-    if size is None or size == 0:
-        raise ValueError("the inputs have no common batch dimension to resize")
-    if batch == size:
-        return inputs
-    return select_batch(inputs, [i % size for i in range(batch)], batch_dim)
 
 
 @dataclass

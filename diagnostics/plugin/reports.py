@@ -96,14 +96,27 @@ def _file_reporters(options: RunOptions) -> list[Any]:
 
 
 def terminal_summary(tr: Any, state: SessionState) -> None:
-    """One line per result, and how to record the golden outputs that are missing."""
+    """One line per result (a root cause followed by one line naming its consequences), and how to
+    record the golden outputs that are missing."""
     if state.is_worker or not state.payloads:
         return
     tr.section("torch-diagnose")
-    for p in _ordered(state.payloads):
+    ordered = _ordered(state.payloads)
+    present = {p["result"]["check"] for p in ordered}
+    follow: dict[str, list[str]] = {}
+    for p in ordered:
+        root = p["result"].get("caused_by")
+        if root and root in present:
+            follow.setdefault(root, []).append(p["result"]["check"])
+    for p in ordered:
         r = p["result"]
+        if r.get("caused_by") in follow:
+            continue
         where = "" if p["generated"] else f" ({p['nodeid']})"
         tr.write_line(f"{r['status'].upper():5} {r['check']}{where}: {r['summary']}"[:400])
+        if r["check"] in follow:
+            names = follow[r["check"]]
+            tr.write_line(f"      ↳ consequence{'s' if len(names) > 1 else ''} of {r['check']}: {', '.join(names)} (not judged)")
     unrecorded = [p for p in state.payloads if p["result"]["check"] == GOLDEN and p["result"]["status"] == SKIP]
     if unrecorded:
         tr.write_line(f"{len(unrecorded)} golden recording(s) missing; record with --golden-update, e.g.:")

@@ -180,8 +180,12 @@ class SessionState:
             from ..isolation import run_isolated
 
             opts = RunOptions(**{**options.as_dict(), "option": {**options.option, check_id: given}})
-            result = run_isolated(spec, target, opts)
+            from ..runner import VERDICTS_KEY
+
+            result = run_isolated(spec, target, opts, ctx.cached(VERDICTS_KEY, dict))
         else:
+            if not generated:  # a fixture call names its check: it runs as if selected
+                options = RunOptions(**{**options.as_dict(), "checks": [check_id]})
             result = run_one(check_id, target, options, context=ctx, **given)
         described_target, env = self.describe(ctx)
         payload = {"result": result.to_dict(), "order": spec.order, "title": spec.title, "nodeid": node.nodeid,

@@ -20,7 +20,7 @@ from ..images import Picture
 from . import findings as fd
 from .findings import Finding
 from .fit import Prepared, best_permutation, channel_stats, fit_affine, pixels, prepare, same_channels, shape_text
-from .matching import REPRODUCE_TOLERANCE, VariantScore, prefer_declared, reproduce, variant_images
+from .matching import REPRODUCE_TOLERANCE, VariantScore, favour_declared, prefer_declared, reproduce, variant_images
 from .resize import Geometry, ResizeVariant, candidate_geometries, geometry_fits, resamplers
 from .scale import Scale, declared_or_range, explain_scale, range_scale, snap
 from .steps import DeclaredGeometry, declared_geometry
@@ -69,7 +69,7 @@ def analyse(serving: Sequence[torch.Tensor], reference: Sequence[torch.Tensor], 
     resamp = resamplers(use_cv2)
     declared = declared_geometry(ref_fn)
     ref = _reference_side(p, pics, ref_fn, resamp, declared, out)
-    srv = _serving_side(p, pics, ref, resamp, declared, out)
+    srv = _serving_side(p, pics, ref, resamp, declared, out, declared_geometry(serve_fn))
     _scale_findings(out, p, srv, ref, serve_fn, tiny_255)
     _content_findings(out, p, srv, ref, serve_fn, serving, reference, tiny_255)
     if srv.scores:
@@ -156,8 +156,9 @@ def _serving_geometries(p: Prepared, pics: list[Picture], ref: _Reference, decla
 
 
 def _serving_side(p: Prepared, pics: list[Picture], ref: _Reference, resamp: list[tuple[str, str, bool]],
-                  declared: DeclaredGeometry | None, out: Analysis) -> _Serving:
-    """Channel order and value map of the serving tensors, from a direct fit and from resize variants."""
+                  declared: DeclaredGeometry | None, out: Analysis, serving_declared: DeclaredGeometry | None) -> _Serving:
+    """Channel order and value map of the serving tensors, from a direct fit and from resize variants
+    (a tie between resize paths goes to the one the serving Compose declares)."""
     srv_sub = p.serving[:len(pics)]
     same_shape = all(a.shape == b.shape for a, b in zip(p.serving, p.reference))
     perm: tuple[int, ...] = tuple(range(p.serving[0].shape[0]))
@@ -175,7 +176,7 @@ def _serving_side(p: Prepared, pics: list[Picture], ref: _Reference, resamp: lis
         if not same_shape:
             v0 = variant_images(ResizeVariant("tensor", "bilinear", True, geoms[0]), pics)
             perm, _ = best_permutation(pixels(srv_sub), pixels(v0))
-        scores = reproduce(srv_sub, pics, geoms, resamp, perm)
+        scores = favour_declared(reproduce(srv_sub, pics, geoms, resamp, perm), serving_declared, resamp)
         if scores and scores[0].resid < min(direct_resid, 0.5):
             f = fit_affine(pixels(srv_sub, perm), pixels(variant_images(scores[0].variant, pics)))
             scale = Scale(f.a, f.b, "fit")

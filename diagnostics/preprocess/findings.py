@@ -14,7 +14,7 @@ import torch
 from ..locate.code import Frame
 from ..locate.culprit import STEP, Culprit
 from .fit import Prepared, shape_text
-from .matching import REPRODUCE_TOLERANCE, VariantScore, resampling_kind, resize_hint, variant_differences
+from .matching import REPRODUCE_TOLERANCE, VariantScore, resampling_kind, resize_hint, ties, variant_differences
 from .resize import ResizeVariant
 from .scale import Hypothesis, Scale, fmt_values, snap
 from .steps import culprit, pipeline_steps, site, source_mentions
@@ -136,6 +136,11 @@ def scale_finding(hyp: Hypothesis | None, srv: Scale, ref: Scale, serve_fn: Any)
         return Finding("scale", f"serving divides by 255 twice: values span 0..{1 / 255:.4f} ({hyp.title})",
                        "remove the extra `/ 255` (ToTensor and ToDtype(scale=True) already scale to 0..1)",
                        culprit=culprit(serve_fn, "scaled twice", ("Lambda",) + _TO_TENSOR, user=True), evidence=evidence)
+    if kind == "scaled_after":
+        return Finding("scale", "serving divides by 255 twice: the serving tensor is the reference's divided by 255 "
+                       f"(an extra `/ 255` after {'Normalize' if ref.normalises else 'the scaling to 0..1'})",
+                       "remove the extra `/ 255` (ToTensor and ToDtype(scale=True) already scale to 0..1)",
+                       culprit=culprit(serve_fn, "divided by 255 twice", ("Lambda",), user=True), evidence=evidence)
     if kind == "preset":
         assert hyp is not None
         summary = f"serving normalises with {hyp.title.replace(' normalisation', '')} mean/std; the reference with {ref.describe()}"
@@ -198,7 +203,7 @@ def resize_finding(diff_255: float, scores: list[VariantScore], ref_variant: Res
                        structural=False, culprit=_blame(where, "resampling"), evidence={"mean_abs_255": diff_255})
     best = scores[0]
     ref_score = next((s for s in scores if s.variant == ref_variant), None)
-    if ref_score is not None and ref_score.resid <= best.resid * 1.5 + 1e-3:
+    if ref_score is not None and ties(ref_score, best):
         return Finding("resize", base + f"; the serving resize looks like the reference's ({ref_variant.label}): "
                        "the difference comes from elsewhere (decoding, colour conversion, rounding)",
                        "compare decoding and colour conversion of the two pipelines", structural=False,
@@ -210,7 +215,7 @@ def resize_finding(diff_255: float, scores: list[VariantScore], ref_variant: Res
     elif resampling_kind(sv)[0] != resampling_kind(rv)[0]:
         what = f"{sv.interpolation} interpolation"
     elif resampling_kind(sv)[1] != resampling_kind(rv)[1]:
-        what = "no antialias" if not resampling_kind(sv)[1] else "antialias"
+        what = ("resize without antialias" if sv.backend == "tensor" else "no antialias") if not resampling_kind(sv)[1] else "antialias"
     else:
         what = {"tensor": "torchvision tensor", "pil": "PIL", "cv2": "OpenCV"}[sv.backend] + " resampling"
     return Finding("resize", f"serving {variant_differences(sv, rv)} ({diff_255:.3g}/255 mean difference); serving matches "

@@ -89,7 +89,10 @@ def variant_differences(served: ResizeVariant, ref: ResizeVariant) -> str:
     elif s_interp != r_interp:
         parts.append(f"uses the {s_interp} rounding rule where the reference uses {r_interp}")
     if s_aa != r_aa and "nearest" not in s_interp + r_interp:
-        parts.append("does not antialias when downscaling" if not s_aa else "antialiases where the reference does not")
+        if not s_aa and served.backend == "tensor":  # a known path: name the call that takes it
+            parts.append("uses a resize without antialias (torchvision tensor Resize(antialias=False)), so a downscale aliases")
+        else:
+            parts.append("does not antialias when downscaling" if not s_aa else "antialiases where the reference does not")
     if (served.backend == "cv2") != (ref.backend == "cv2"):
         parts.append(f"resamples with {names[served.backend]} instead of {names[ref.backend]}")
     return "; ".join(parts) or "resamples like the reference"
@@ -106,11 +109,32 @@ def resize_hint(served: ResizeVariant, ref: ResizeVariant) -> str:
     text = f"resize in serving exactly as in training: {steps}"
     if ref.backend == "pil":
         text += " on the PIL image (before ToTensor/ToImage)"
-    if served.backend == "cv2":
+    if served.backend == "tensor" and not served.antialias and ref.interpolation not in ("nearest", "nearest-exact"):
+        text += "; on tensors torchvision antialiases only with antialias=True (its default since 0.17: drop antialias=False)"
+    elif served.backend == "cv2":
         text += "; cv2.resize with INTER_LINEAR/INTER_CUBIC does not antialias a downscale (INTER_AREA is the closest OpenCV path)"
     elif served.interpolation in ("nearest", "nearest-exact") and ref.interpolation not in ("nearest", "nearest-exact"):
         text += "; nearest-neighbour resizing aliases edges and textures the model never saw in training"
     return text
+
+
+def ties(score: VariantScore, best: VariantScore) -> bool:
+    """Two resize paths reproduce a pipeline equally well: rounding, not resampling, separates them
+    (torchvision's tensor bilinear without antialias and OpenCV INTER_LINEAR differ by ~1e-3)."""
+    return score.resid <= best.resid * 1.5 + 1e-3
+
+
+def favour_declared(scores: list[VariantScore], declared: DeclaredGeometry | None,
+                    resamp: list[tuple[str, str, bool]]) -> list[VariantScore]:
+    """`scores` with the resampler a Compose declares first when it ties with the best one: the
+    code says which library resizes, the pixels only that the two paths agree."""
+    key = prefer_declared(resamp, declared)[0] if declared is not None and resamp else None
+    if not scores or key is None or key == (scores[0].variant.backend, scores[0].variant.interpolation, scores[0].variant.antialias):
+        return scores
+    mine = next((s for s in scores if (s.variant.backend, s.variant.interpolation, s.variant.antialias) == key), None)
+    if mine is None or mine.resid >= REPRODUCE_TOLERANCE or not ties(mine, scores[0]):
+        return scores
+    return [mine] + [s for s in scores if s is not mine]
 
 
 def prefer_declared(resamp: list[tuple[str, str, bool]], declared: DeclaredGeometry | None) -> list[tuple[str, str, bool]]:

@@ -2,7 +2,7 @@
 
 The reference's map comes from a fit, from what its Compose declares, or from the value range; the
 serving's from a fit against the reference. Named hypotheses (normalisation missing, doubled,
-0..255 input, scaled twice, another mean/std preset) each predict the serving map; the closest one
+0..255 input, scaled twice before or after Normalize, another mean/std preset) each predict the serving map; the closest one
 within `MAP_TOLERANCE` of the value span names the cause.
 """
 from __future__ import annotations
@@ -170,6 +170,10 @@ def hypotheses(ref: Scale, perm: Sequence[int], presets: bool = True) -> list[Hy
             Hypothesis("same", "same scaling and normalisation" + suffix, 1 / sj, -mj / sj),
             Hypothesis("unscaled", "0..255 values normalised with 0..1 mean/std" + suffix, 255 / sj, -mj / sj),
             Hypothesis("scaled_twice", "values divided by 255 twice" + suffix, 1 / (255 * sj), -mj / sj),
+            # the reference's finished tensor divided by 255 again (an extra `/ 255` after Normalize):
+            # its implied std is 255x the reference's, which no mean/std preset explains
+            Hypothesis("scaled_after", "the reference's tensor divided by 255 (divided by 255 twice)" + suffix,
+                       1 / (255 * sj), -mj / (255 * sj)),
         ]
         if ref.normalises:
             out.append(Hypothesis("double_normalize", "Normalize applied twice" + suffix, 1 / sj.pow(2), -mj / sj.pow(2) - mj / sj))

@@ -7,14 +7,13 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 from typing import Any, Iterator
 
 import torch
 from torch import nn
 
 from .. import inputs as inp
-from ..context import Context
+from ..context import Context, deepcopy_model
 from ..precision.hooks import is_timeout
 from ..text import one_line
 from .calibration import Calibration
@@ -37,7 +36,7 @@ def build_dynamic(model: nn.Module, skip: frozenset[str] = frozenset()) -> nn.Mo
         spec: Any = {n: default_dynamic_qconfig for n in dynamic_layers(model) if n not in skip}
     else:
         spec = set(DYNAMIC_TYPES)
-    return quantize_dynamic(copy.deepcopy(model), spec, dtype=torch.qint8)
+    return quantize_dynamic(deepcopy_model(model)[0], spec, dtype=torch.qint8)
 
 
 def _rebatch(batches: list[Any], example: Any, batch_dim: int) -> list[Any]:
@@ -71,7 +70,7 @@ def build_pt2e(model: nn.Module, example: Any, batches: list[Any], batch_dim: in
         from torchao.testing.pt2e._xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
 
     args, kwargs = inp.as_args_kwargs(example)
-    exported = torch.export.export(copy.deepcopy(model), args, kwargs).module()
+    exported = torch.export.export(deepcopy_model(model)[0], args, kwargs).module()
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     prepared = prepare_pt2e(exported, quantizer)
     with torch.no_grad():
@@ -88,7 +87,7 @@ def build_fx(model: nn.Module, example: Any, batches: list[Any], engine: str, sk
     for name in skip:
         mapping = mapping.set_module_name(name, None)
     args, kwargs = inp.as_args_kwargs(example)
-    prepared = prepare_fx(copy.deepcopy(model), mapping, tuple(args) or tuple(kwargs.values()))
+    prepared = prepare_fx(deepcopy_model(model)[0], mapping, tuple(args) or tuple(kwargs.values()))
     with torch.no_grad():
         for batch in batches:
             inp.call_model(prepared, batch)

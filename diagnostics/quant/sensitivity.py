@@ -6,7 +6,6 @@ with its input's channel outliers; keeping it in float is tried where the flow a
 """
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from torch import nn
 
 from .. import inputs as inp
 from ..compare import compare
+from ..context import deepcopy_model
 from ..locate.code import Frame
 from ..precision.hooks import ModuleCallView
 from ..precision.input_stats import InputStats, record_input_stats
@@ -101,7 +101,7 @@ def _row(name: str, module: nn.Module, db: float, st: InputStats | None) -> Sens
 def static_sensitivity(model: nn.Module, x: Any, ref: Any, stats: dict[str, InputStats], limit: int) -> list[Sensitivity]:
     """Each Conv/Linear alone in simulated static int8: per-channel int8 weights, its input fake-quantized
     per tensor over the calibrated range `stats[name]` (from `record_input_stats`)."""
-    work = copy.deepcopy(model)
+    work = deepcopy_model(model)[0]
     rows = []
     for name in static_layers(work, limit):
         st = stats.get(name)
@@ -126,7 +126,7 @@ def dynamic_sensitivity(mode: QuantMode, model: nn.Module, x: Any, ref: Any, lim
     """Each Linear/LSTM/GRU alone through the real quantize_dynamic, the rest in float."""
     from torch.ao.quantization import quantize_dynamic
 
-    work = copy.deepcopy(model)
+    work = deepcopy_model(model)[0]
     names = mode.layers[:limit]
     stats = record_input_stats(work, [x], names)
     rows = []

@@ -132,3 +132,40 @@ def hidden_state(original: torch.nn.Module, fresh: torch.nn.Module) -> list[Hidd
             if kind and (attr not in other_vars or not _same(value, other_vars[attr])):
                 found.append(HiddenState(name, module, attr, kind))
     return found
+
+
+@dataclass
+class LostState:
+    """Parameters and buffers the model uses but its state_dict does not carry: held by modules (or
+    as Parameters) in plain lists, dicts or helper objects instead of registered submodules."""
+
+    path: str  # "layers[0]"
+    obj: Any  # the module or Parameter
+    holder: Any  # determinism.unregistered.Held
+    tensors: int
+    numel: int
+
+    @property
+    def label(self) -> str:
+        return module_label(self.path, self.obj) if isinstance(self.obj, torch.nn.Module) else f"{self.path} (Parameter)"
+
+    def row(self) -> dict[str, Any]:
+        return {"held_in": self.path, "kind": type(self.obj).__name__, "tensors": self.tensors, "elements": self.numel}
+
+
+def unregistered_state(model: torch.nn.Module) -> list[LostState]:
+    """The state a checkpoint loses: unregistered modules with parameters or buffers, and Parameters
+    kept in plain containers (neither is in `model.state_dict()`)."""
+    from ..determinism.unregistered import holdings
+
+    found = holdings(model)
+    lost = []
+    for held in found.modules.values():
+        if not held.top:
+            continue
+        tensors = list(held.obj.parameters()) + list(held.obj.buffers())
+        if tensors:
+            lost.append(LostState(held.path, held.obj, held, len(tensors), sum(t.numel() for t in tensors)))
+    for held in found.parameters:
+        lost.append(LostState(held.path, held.obj, held, 1, held.obj.numel()))
+    return lost

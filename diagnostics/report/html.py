@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..results import ERROR, FAIL, STATUSES, WARN, CheckResult, format_value, jsonable
 from .plots import plot_specs, render_result_plots
-from .wording import counts_text, target_name
+from ..rootcause import group
+from .wording import consequence_line, run_counts, target_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..runner import RunReport
@@ -31,7 +32,7 @@ pre{background:#f6f8fa;padding:6px 8px;margin:0;white-space:pre-wrap;word-break:
 .pass{--c:#1a7f37;--bg:#dafbe1}.warn{--c:#9a6700;--bg:#fff8c5}.fail{--c:#cf222e;--bg:#ffebe9}
 .skip{--c:#6e7781;--bg:#f6f8fa}.error{--c:#8250df;--bg:#fbefff}
 .badge{background:var(--c)}tr.res{background:var(--bg);cursor:pointer}tr.res td.st{color:var(--c);font-weight:700;white-space:nowrap}
-tr.res:hover{filter:brightness(.97)}table.results{width:100%}tr.detail>td{background:#fff;padding:8px 16px}
+tr.res:hover{filter:brightness(.97)}tr.consequence td{opacity:.8}table.results{width:100%}tr.detail>td{background:#fff;padding:8px 16px}
 .js tr.detail.closed{display:none}.banner{padding:6px 10px;border-radius:6px;margin:.5em 0;background:#fff8c5}
 .note{color:#57606a;font-style:italic}.kv th{width:1%;white-space:nowrap}figure{display:inline-block;margin:.5em 1em .5em 0}
 figcaption{color:#57606a;font-size:12px}.head{display:flex;flex-wrap:wrap;gap:0 3em}h3{font-size:1em;margin:.8em 0 .2em}button{margin:0 4px 4px 0}.muted{color:#57606a}
@@ -133,12 +134,15 @@ def render_html(run: "RunReport", *, final: bool = True) -> str:
         banner = f'<p class="banner">in progress: {len(run.results)} checks finished so far; this file is rewritten after each check.</p>'
     rows = []
     open_by_default = (WARN, FAIL, ERROR)
-    for i, r in enumerate(run.results):
+    grouped = group(run.results)
+    ordered = [(r, r is not root) for root, follow in grouped for r in [root, *follow]]
+    for i, (r, follows) in enumerate(ordered):
         rid = f"d{i}"
         culprit = prose(r.culprit_label) + (f" <code>{esc(r.location)}</code>" if r.location else "")
+        arrow = "↳ " if follows else ""
         rows.append(
-            f'<tr class="res {r.status}" onclick="toggleRow(\'{rid}\')"><td class="st">{esc(r.status)}</td>'
-            f"<td><code>{esc(r.check)}</code></td><td>{prose(r.summary)}</td><td>{culprit}</td>"
+            f'<tr class="res {r.status}{" consequence" if follows else ""}" onclick="toggleRow(\'{rid}\')"><td class="st">{esc(r.status)}</td>'
+            f"<td>{arrow}<code>{esc(r.check)}</code></td><td>{prose(r.summary)}</td><td>{culprit}</td>"
             f'<td class="muted">{r.duration_s:.1f} s</td></tr>'
             f'<tr id="{rid}" class="detail{"" if r.status in open_by_default else " closed"}"><td colspan="5">'
             f"{_detail_body(r, final)}</td></tr>"
@@ -155,14 +159,32 @@ def render_html(run: "RunReport", *, final: bool = True) -> str:
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
         f"<title>diagnose {esc(name)}</title><style>{_CSS}</style>"
         "<script>document.documentElement.classList.add('js')</script></head><body>"
-        f"<h1>diagnose {esc(name)}</h1><p>{badges}<span class=\"muted\">{esc(counts_text(summary))}{duration}</span></p>{banner}"
+        f"<h1>diagnose {esc(name)}</h1><p>{badges}<span class=\"muted\">{esc(run_counts(run))}{duration}</span></p>{banner}"
         f'<div class="head"><div><h2>Target</h2>{kv_table(run.target) if run.target else _NONE}</div>'
         f"<div><h2>Environment</h2>{kv_table(run.environment) if run.environment else _NONE}</div></div>"
-        f"<h2>Results</h2>{results}{notes}"
+        f"{_root_causes(grouped)}<h2>Results</h2>{results}{notes}"
         f"<details><summary>run options and overhead</summary>{kv_table(run.options) if run.options else ''}"
         f"{kv_table(run.overhead) if run.overhead else ''}</details>"
         f"<script>{_JS}</script></body></html>\n"
     )
+
+
+def _root_causes(grouped: list[tuple[CheckResult, list[CheckResult]]]) -> str:
+    """"Root causes" first: each failing root with its culprit and fix, and the checks not judged because of it."""
+    roots = [(r, follow) for r, follow in grouped if follow and r.status in (FAIL, ERROR)]
+    if not roots:
+        return ""
+    items = []
+    for r, follow in roots:
+        facts = []
+        if r.culprit or r.location:
+            facts.append("<b>culprit:</b> " + prose(r.culprit_label) + (f" <code>{esc(r.location)}</code>" if r.location else ""))
+        if r.hint:
+            facts.append(f"<b>fix:</b> {prose(r.hint)}")
+        facts.append(f"<b>{esc(consequence_line(r.check, follow))}</b>")
+        items.append(f'<li><span class="badge {esc(r.status)}">{esc(r.status)}</span><code>{esc(r.check)}</code>: {prose(r.summary)}'
+                     "<ul>" + "".join(f"<li>{f}</li>" for f in facts) + "</ul></li>")
+    return "<h2>Root causes</h2><ul>" + "".join(items) + "</ul>"
 
 
 class HtmlWriter:

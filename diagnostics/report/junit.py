@@ -1,6 +1,7 @@
 """`diagnose.xml`: JUnit XML, so CI systems show each check as a test case.
 
-fail -> <failure>, error -> <error>, skip -> <skipped>; a warning stays a passing test case with the
+fail -> <failure>, error -> <error>, skip -> <skipped> (a consequence of a root cause too: its message
+names the root, and the `caused_by` property holds its id); a warning stays a passing test case with the
 explanation in <system-out> (CI would otherwise turn a warning red). Metrics, culprit and hint ride
 along as <properties>, the form pytest uses, which Jenkins, GitLab and GitHub test reporters read.
 """
@@ -14,6 +15,7 @@ import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING, Any
 
 from ..results import ERROR, FAIL, SKIP, WARN, CheckResult, jsonable
+from ..rootcause import consequences, root_causes
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..runner import RunReport
@@ -49,8 +51,8 @@ def _properties(parent: ET.Element, items: list[tuple[str, Any]]) -> None:
 def testcase(result: CheckResult) -> ET.Element:
     case = ET.Element("testcase", classname=f"diagnose.{result.family or 'checks'}", name=_text(result.check),
                       time=f"{result.duration_s:.3f}")
-    _properties(case, [("status", result.status), ("culprit", result.culprit_label or None), ("location", result.location),
-                       ("hint", result.hint), *((f"metric.{k}", v) for k, v in result.metrics.items())])
+    _properties(case, [("status", result.status), ("caused_by", result.caused_by), ("culprit", result.culprit_label or None),
+                       ("location", result.location), ("hint", result.hint), *((f"metric.{k}", v) for k, v in result.metrics.items())])
     message = _text(result.summary)
     if result.status == FAIL:
         ET.SubElement(case, "failure", message=message, type="fail").text = _text(result.explain())
@@ -58,6 +60,8 @@ def testcase(result: CheckResult) -> ET.Element:
         traceback = result.details.get("traceback") if isinstance(result.details, dict) else None
         ET.SubElement(case, "error", message=message, type="error").text = _text(traceback or result.explain())
     elif result.status == SKIP:
+        if result.caused_by and f"see {result.caused_by}" not in message and not message.startswith("a consequence"):
+            message = f"a consequence of {result.caused_by}: {message}"
         ET.SubElement(case, "skipped", message=message)
     elif result.status == WARN:
         ET.SubElement(case, "system-out").text = _text(result.explain())
@@ -82,6 +86,8 @@ class JUnitWriter:
             *((f"target.{k}", v) for k, v in run.target.items() if isinstance(v, scalars)),
             *((f"env.{k}", v) for k, v in run.environment.items() if isinstance(v, scalars)),
             ("interrupted", run.interrupted),
+            ("root_causes", len(root_causes(run.results))),
+            ("consequences", len(consequences(run.results))),
             ("complete", final and not run.interrupted),
         ])
         for result in run.results:

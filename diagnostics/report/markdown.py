@@ -12,7 +12,8 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from ..results import ERROR, FAIL, PASS, SKIP, WARN, CheckResult, format_value
-from .wording import counts_text, target_name
+from ..rootcause import group
+from .wording import consequence_line, run_counts, target_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..runner import RunReport
@@ -68,7 +69,7 @@ def _culprit(result: CheckResult, *, table: bool) -> str:
 def render_markdown(run: "RunReport", *, final: bool = True) -> str:
     worst = run.worst_status() if run.results else SKIP
     emoji = STATUS_LABEL[worst].split()[0] if run.results else "⏳"
-    lines = [f"# {emoji} diagnose {md_inline(target_name(run))}: {counts_text(run.summary)}", ""]
+    lines = [f"# {emoji} diagnose {md_inline(target_name(run))}: {md_inline(run_counts(run))}", ""]
     facts = [f"{run.duration_s:.1f} s" if run.duration_s else ""]
     env = run.environment
     facts += [f"{k} {env[k]}" for k in ("torch", "python", "device") if env.get(k)]
@@ -79,23 +80,43 @@ def render_markdown(run: "RunReport", *, final: bool = True) -> str:
         lines += ["**interrupted: partial results** (the run was stopped before every check finished)", ""]
     elif not final:
         lines += [f"_in progress: {len(run.results)} checks finished so far; this file is rewritten after each check_", ""]
+    grouped = group(run.results)
+    lines += _root_causes(grouped)
     if run.results:
         lines += ["| status | check | summary | culprit | hint |", "|---|---|---|---|---|"]
-        for r in run.results:
-            cells = [STATUS_LABEL[r.status], md_code(r.check, table=True), md_inline(r.summary, table=True),
-                     _culprit(r, table=True), md_inline(r.hint, table=True)]
-            lines.append("| " + " | ".join(cells) + " |")
+        for root, follow in grouped:
+            for r in [root, *follow]:
+                check = ("↳ " if r is not root else "") + md_code(r.check, table=True)
+                cells = [STATUS_LABEL[r.status], check, md_inline(r.summary, table=True),
+                         _culprit(r, table=True), md_inline(r.hint, table=True)]
+                lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     if run.notes:
         lines += ["## Notes", "", *(f"- {md_inline(note)}" for note in run.notes), ""]
     for r in run.results:
-        if r.status != PASS:
+        if r.status != PASS and not r.caused_by:  # a consequence is listed under its root
             lines += _section(r)
     for r in run.results:
         matrix = r.details.get("matrix") if isinstance(r.details, dict) else None
         if isinstance(matrix, list) and matrix:
             lines += _matrix_table(r.check, matrix)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _root_causes(grouped: list[tuple[CheckResult, list[CheckResult]]]) -> list[str]:
+    """"Root causes" first: each failing root with its culprit and fix, and the checks not judged because of it."""
+    roots = [(r, follow) for r, follow in grouped if follow and r.status in (FAIL, ERROR)]
+    if not roots:
+        return []
+    lines = ["## Root causes", ""]
+    for r, follow in roots:
+        lines.append(f"- {STATUS_LABEL[r.status]} {md_code(r.check)}: {md_inline(r.summary)}")
+        if r.culprit or r.location:
+            lines.append(f"  - **culprit:** {_culprit(r, table=False)}")
+        if r.hint:
+            lines.append(f"  - **fix:** {md_inline(r.hint)}")
+        lines.append(f"  - **{md_inline(consequence_line(r.check, follow))}**")
+    return [*lines, ""]
 
 
 #: Columns of the deployment matrix (benchmark check), in order, with their headers.

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence, TextIO
 
 from ..results import ERROR, FAIL, PASS, SKIP, WARN, CheckResult
+from ..rootcause import group
 from ..text import squash
 from .files import WRITERS
-from .wording import counts_text, target_name
+from .wording import consequence_line, run_counts, target_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..registry import CheckSpec
@@ -79,6 +80,8 @@ class TerminalReporter:
     def check_finished(self, result: CheckResult, run: "RunReport") -> None:
         status = self._paint(result.status, f"{result.status.upper():<5}")
         line = f"  {status}  {result.check:<{self._id_width}}  ({result.duration_s:.1f} s)  {squash(result.summary)}"
+        if result.caused_by and not result.summary.startswith(("not judged", "a consequence")):
+            line += f" (a consequence of {result.caused_by})"
         self._print(line)
         if self.verbose and result.status in (WARN, FAIL, ERROR):
             indent = " " * 9
@@ -97,7 +100,7 @@ class TerminalReporter:
                 self._print(line)
         self._print()
         worst = run.worst_status() if run.results else SKIP
-        self._print(self._paint(worst, f"{counts_text(run.summary)} in {run.duration_s:.1f} s"))
+        self._print(self._paint(worst, f"{run_counts(run)} in {run.duration_s:.1f} s"))
         if run.interrupted:
             self._print(self._paint(WARN, "interrupted: partial results"))
         paths = self._written_reports(run)
@@ -106,11 +109,15 @@ class TerminalReporter:
 
     # -- summary table -----------------------------------------------------------------------
     def table(self, results: list[CheckResult]) -> list[str]:
-        """Rows of status, check, summary, culprit, hint; the last three wrapped to fit the width."""
+        """Rows of status, check, summary, culprit, hint; the last three wrapped to fit the width. Each
+        root cause is followed by one indented row naming its consequences (not judged)."""
         header = ("status", "check", "summary", "culprit", "hint")
-        rows = [(r.status, r.check, squash(r.summary),
-                 squash(r.culprit) + (f" ({r.location})" if r.culprit and r.location else ""), squash(r.hint))
-                for r in results]
+        rows: list[tuple[str, ...]] = []
+        for r, follow in group(results):
+            rows.append((r.status, r.check, squash(r.summary),
+                         squash(r.culprit) + (f" ({r.location})" if r.culprit and r.location else ""), squash(r.hint)))
+            if follow:
+                rows.append(("", "  ↳", consequence_line(r.check, follow), "", ""))
         fixed = [max(len(header[i]), *(len(row[i]) for row in rows)) for i in (0, 1)]
         natural = [max(len(header[i]), *(len(row[i]) for row in rows)) for i in (2, 3, 4)]
         # a column is never narrower than its longest word (up to 40): paths and module names stay whole

@@ -22,3 +22,18 @@ def counts_text(summary: dict[str, int]) -> str:
 
 def target_name(run: "RunReport") -> str:
     return str(run.target.get("name") or run.target.get("source") or "model")
+
+
+def run_counts(run: "RunReport") -> str:
+    """The counts line, with root causes and consequences when some verdicts follow from others:
+    "1 failed, 6 skipped — 1 root cause, 6 consequences (not judged)"."""
+    from ..rootcause import causes_text
+
+    causes = causes_text(run.results)
+    return counts_text(run.summary) + (f" — {causes}" if causes else "")
+
+
+def consequence_line(root: str, consequences: list) -> str:
+    """"consequences of determinism: fp16, bf16, onnx (not judged)"."""
+    names = ", ".join(c.check for c in consequences)
+    return f"consequence{'s' if len(consequences) > 1 else ''} of {root}: {names} (not judged)"

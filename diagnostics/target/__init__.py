@@ -8,11 +8,13 @@ Spec forms (`diagnose SPEC`):
   model.pt / model.ts               a TorchScript archive (torch.jit.load)
   model.pt2                         a torch.export ExportedProgram (torch.export.load)
   model.pt / model.pth              a pickled full model: only with trust_pickle=True
-A factory may return a `Target`, an `nn.Module`, or `(module, example_inputs)`.
+A factory may return a `Target`, an `nn.Module`, or `(module, example_inputs)`. A Target with
+`samples` and `reference_preprocess` but no `example_inputs` gets them from its first two samples.
 
 * `base`  — `Target`, `coerce_target`, `finish_target` (example inputs synthesised or guessed).
 * `load`  — specs: `load_target`, `load_target_for` (under the run's seed), `split_factory`.
 * `files` — model files: TorchScript, torch.export, torch.save.
+* `samples` — example inputs derived from samples through the reference pipeline (`Target.setup_notes` says so).
 """
 from __future__ import annotations
 

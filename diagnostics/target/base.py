@@ -21,6 +21,9 @@ class Target:
     labels:               ground truth for samples or calibration inputs, when known.
     dynamic_dims:         dims that vary in serving, e.g. {"x": {0: "batch", 1: "seq"}}.
     batch_dim:            the batch dimension of the inputs (0 unless the model is time-major).
+    batch_dims:           per-input batch dims, e.g. {"x": 1, "lengths": 0, "mask": None} (None: the input has no
+                          batch dim and is left unchanged when the batch is resized); others use batch_dim.
+                          A list of images passed as one input is a batch along the list.
     factory:              a zero-argument callable that builds a fresh copy (weights round trip).
     """
 
@@ -36,6 +39,7 @@ class Target:
     batch_dim: int = 0
     factory: Callable[[], Any] | None = None
     source: str = ""
+    batch_dims: dict[str, int | None] | None = None
 
     def __post_init__(self) -> None:
         import torch
@@ -46,6 +50,11 @@ class Target:
             )
         if not self.name:
             self.name = type(self.model).__name__
+        #: What torch_diagnose did to the target while setting it up (a run's Context shows them as notes).
+        self.setup_notes: list[str] = []
+        from .samples import derive_example_inputs
+
+        derive_example_inputs(self)  # samples + reference_preprocess and no example_inputs: derive them
 
     def describe(self) -> dict[str, Any]:
         """JSON-friendly description for reports."""
@@ -62,6 +71,7 @@ class Target:
             "has_preprocess": self.preprocess is not None,
             "has_reference_preprocess": self.reference_preprocess is not None,
             "samples": len(self.samples) if self.samples is not None and hasattr(self.samples, "__len__") else None,
+            **({"setup_notes": list(self.setup_notes)} if getattr(self, "setup_notes", None) else {}),
         }
 
 
@@ -94,14 +104,18 @@ def finish_target(obj: Any, spec: str, input_shape: Sequence[int] | None, input_
         return target
     shape = input_shape if input_shape is not None else _default_shape(target.model)
     if shape is None:
+        why = next((n for n in getattr(target, "setup_notes", ()) if n.startswith("example inputs not derived")), None)
         raise TargetError(
             f"target {spec!r} has no example inputs: pass --input-shape (e.g. 2,3,224,224) or return "
-            f"(model, example_inputs) or a Target from the factory"
+            f"(model, example_inputs) or a Target (with example_inputs, or samples and reference_preprocess) from the factory"
+            + (f" ({why})" if why else "")
         )
     import torch
 
     from ..inputs import parse_dtype, synthesize
 
+    if input_shape is not None:  # the user's shape wins over inputs derived from samples
+        target.setup_notes = [n for n in target.setup_notes if not n.startswith("example inputs derived")]
     target.example_inputs = synthesize(shape, parse_dtype(input_dtype) if input_dtype else torch.float32, seed=0)
     return target
 

@@ -76,6 +76,17 @@ def serving_tensor_resize() -> v2.Compose:
 # -- faulty serving pipelines --------------------------------------------------------------------
 
 
+def serving_divided_after_normalize() -> T.Compose:
+    """Fault: the finished (normalised) tensor divided by 255 again: exactly reference / 255."""
+    return T.Compose([T.Resize(RESIZE), T.CenterCrop(SIZE), T.ToTensor(), T.Normalize(MEAN, STD), T.Lambda(lambda x: x / 255)])
+
+
+def serving_tensor_resize_no_antialias() -> T.Compose:
+    """Fault: resizes the uint8 tensor with antialias=False (torchvision v1), which aliases a downscale."""
+    return T.Compose([T.PILToTensor(), T.Resize(RESIZE, antialias=False), T.CenterCrop(SIZE),
+                      T.ConvertImageDtype(torch.float32), T.Normalize(MEAN, STD)])
+
+
 def serve_cv2_bgr(img: Any) -> torch.Tensor:
     """Fault: decodes the OpenCV way (BGR) and never converts to RGB."""
     import cv2

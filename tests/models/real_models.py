@@ -61,13 +61,19 @@ def timm_vit() -> Target:
     return Target(model.eval(), example_inputs=torch.randn(2, 3, 64, 64))
 
 
-def detection() -> Target:
-    """torchvision Faster R-CNN (MobileNetV3 320 FPN) taking a list of [C,H,W] images: the list is the batch."""
+def detection(size: int | None = None) -> Target:
+    """torchvision Faster R-CNN (MobileNetV3 320 FPN) taking a list of [C,H,W] images: the list is the batch.
+
+    `size`: resize inside the model to this (min_size = max_size) instead of 320, and make the images
+    that size: a quarter of the work at 160.
+    """
     from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
 
     torch.manual_seed(0)
-    model = fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None, num_classes=5)
-    images = [torch.rand(3, 160, 160), torch.rand(3, 160, 160)]
+    resize = {} if size is None else {"min_size": size, "max_size": size}
+    model = fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None, num_classes=5, **resize)
+    side = size or 160
+    images = [torch.rand(3, side, side), torch.rand(3, side, side)]
     return Target(model.eval(), example_inputs=(images,))
 
 
@@ -116,3 +122,50 @@ def shadowed_train() -> Target:
     model = ShadowedTrain()
     nn.Module.train(model, False)  # the user switched it with the base method
     return Target(model, example_inputs=torch.randn(2, 8))
+
+
+def resnet18() -> Target:
+    """torchvision ResNet-18, random weights, at 2x3x64x64."""
+    from torchvision.models import resnet18 as build
+
+    torch.manual_seed(0)
+    return Target(build(weights=None).eval(), example_inputs=torch.randn(2, 3, 64, 64))
+
+
+def swin_t() -> Target:
+    """torchvision Swin-T, random weights, at a small input (2x3x64x64)."""
+    from torchvision.models import swin_t as build
+
+    torch.manual_seed(0)
+    return Target(build(weights=None).eval(), example_inputs=torch.randn(2, 3, 64, 64))
+
+
+def r3d_18() -> Target:
+    """torchvision R3D-18 video model, random weights, on a small clip (2x3x4x32x32)."""
+    from torchvision.models.video import r3d_18 as build
+
+    torch.manual_seed(0)
+    return Target(build(weights=None).eval(), example_inputs=torch.randn(2, 3, 4, 32, 32))
+
+
+class DeepStash(nn.Module):
+    """Keeps an autograd tensor nested too deep for the detaching copy to find: copies need `factory`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(8, 4)
+        self.stash = [[[[[self.body(torch.randn(1, 8))]]]]]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def deep_stash() -> Target:
+    torch.manual_seed(0)
+    return Target(DeepStash().eval(), example_inputs=torch.randn(2, 8), factory=DeepStash)
+
+
+#: name -> factory, for tests and benchmarks/bench_real_models.py
+REAL_MODELS = {"gpt2": gpt2, "t5": t5, "bert_padded": bert_padded, "timm_vit": timm_vit, "detection": detection,
+               "hooked": hooked, "shadowed_train": shadowed_train}
+VISION_MODELS = {"resnet18": resnet18, "swin_t": swin_t, "r3d_18": r3d_18}

@@ -1,0 +1,84 @@
+"""Degenerate outputs (all zero, constant, tied, empty, tiny) are found once per run, and every verdict
+that compared them says so: a pass becomes a warning with the numbers and the likely cause."""
+from __future__ import annotations
+
+import json
+
+import torch
+
+import torch_diagnose
+from torch_diagnose import FAIL, PASS, WARN, CheckResult, Target
+from torch_diagnose.degenerate import find_degenerate, summarize
+from torch_diagnose.options import RunOptions
+from torch_diagnose.registry import CheckSpec, get_check
+from torch_diagnose.runner import run
+from tests.models import root_cause as rc
+
+
+def _kinds(outputs) -> dict[str, str]:
+    return {d.leaf: d.kind for d in find_degenerate(outputs)}
+
+
+def test_each_kind_is_found_with_its_numbers() -> None:
+    torch.manual_seed(0)
+    assert _kinds(torch.zeros(2, 4)) == {"output": "zero"}
+    assert _kinds(torch.full((2, 4), 3.0)) == {"output": "constant"}
+    assert _kinds(torch.tensor([[1.0, 1.0, 1.0], [2.0, 2.0, 2.0]])) == {"output": "tied"}
+    assert _kinds(torch.randn(2, 4) * 1e-9) == {"output": "tiny"}
+    assert _kinds(torch.randn(2, 4)) == {}
+    found = find_degenerate(torch.zeros(2, 4))
+    assert summarize(found).startswith("degenerate outputs: `output` is all zero (2x4). Likely cause: a zero-initialised head")
+
+
+def test_empty_detections_are_one_field_across_images() -> None:
+    model, x = rc.empty_detector()
+    kinds = _kinds(model(x))
+    assert kinds == {"[*].boxes": "empty", "[*].scores": "empty", "[*].labels": "empty"}
+    # one image with detections: the field is not degenerate
+    boxes = [{"boxes": torch.zeros(0, 4)}, {"boxes": torch.rand(2, 4)}]
+    assert _kinds(boxes) == {}
+
+
+def test_zero_initialised_head_turns_passes_into_warnings_with_the_numbers(tmp_path) -> None:
+    report = torch_diagnose.diagnose(rc.zero_head(), checks=["fp16", "torchscript"], report_dir=str(tmp_path))
+    for check in ("fp16", "torchscript"):
+        result = report.result(check)
+        assert result.status == WARN, result.summary
+        assert " — but degenerate outputs: `output` is all zero (4x4)" in result.summary
+        assert "zero-initialised head" in result.summary
+        assert result.metrics["degenerate_outputs"] == "`output` is all zero (4x4)"
+        assert "trained weights" in result.hint
+    data = json.loads((tmp_path / "diagnose.json").read_text())
+    assert data["results"][0]["details"]["degenerate_outputs"][0]["kind"] == "zero"
+
+
+def test_empty_detection_model_is_flagged_degenerate() -> None:
+    report = torch_diagnose.diagnose(rc.empty_detector(), checks=["determinism", "fp16"])
+    for check in ("determinism", "fp16"):
+        result = report.result(check)
+        assert result.status == WARN, result.summary
+        assert "`[*].boxes` is empty (0x4)" in result.summary and "score threshold" in result.summary
+
+
+def test_a_failure_keeps_failing_with_the_note_in_its_hint() -> None:
+    spec = CheckSpec(id="strict", family="mine", title="strict", compares_outputs=True,
+                     func=lambda ctx, opts: (ctx.reference, CheckResult.failed("differs", hint="look"))[1])
+    result = run(Target(*rc.zero_head()), RunOptions(), checks=[spec]).result("strict")
+    assert result.status == FAIL and result.summary == "differs"
+    assert result.hint.startswith("look; note: degenerate outputs: `output` is all zero")
+
+
+def test_clean_outputs_are_not_flagged_and_checks_that_do_not_compare_outputs_are_left_alone() -> None:
+    report = torch_diagnose.diagnose(rc.clean(), checks=["fp16"])
+    assert report.result("fp16").status == PASS and "degenerate_outputs" not in report.result("fp16").metrics
+    report = torch_diagnose.diagnose(rc.zero_head(), checks=["state_mutation"])
+    assert report.result("state_mutation").status == PASS
+
+
+def test_the_benchmark_recommends_no_variant_on_degenerate_outputs() -> None:
+    options = RunOptions(option={"benchmark": {"min_time_s": 0.01, "batch_sizes": [4]}})
+    report = run(Target(*rc.zero_head()), options, checks=[get_check("torchscript"), get_check("benchmark")])
+    bench = report.result("benchmark")
+    assert "no variant recommended as faithful" in bench.summary and "all zero" in bench.summary
+    assert bench.metrics["recommended_variant"] == "none"
+    assert not any(row["recommended"] for row in bench.details["matrix"])
