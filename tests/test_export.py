@@ -56,13 +56,22 @@ def test_trace_freezing_a_data_dependent_branch_fails_with_the_line_and_a_repro(
     assert "counterexample" in r.details
 
 
-def test_trace_unrolling_a_loop_over_a_dimension_fails_naming_dim_and_sizes() -> None:
-    r = check("torchscript", em.loop_over_seq(), repro=False)
+def test_trace_unrolling_a_loop_over_a_declared_dimension_fails_naming_dim_and_sizes() -> None:
+    r = check("torchscript", em.loop_over_seq_declared(), repro=False)
     assert r.status == FAIL, r.explain()
-    assert r.culprit_label == "input `x` dim 1"
+    assert r.culprit_label == "input `x` dim 1 (seq)"
     assert "traced at 10" in r.summary and "outputs differ by" in r.summary and "the trace raises" in r.summary
     assert r.location.endswith(line_of(em.LoopOverSeq, "for i in range(x.size(1)):"))
     assert "unrolled" in r.hint
+
+
+def test_trace_unrolling_a_loop_over_an_optional_dimension_only_warns() -> None:
+    """Issue 13: a dim the user never declared dynamic is optional: wrong numbers there warn, with the fix."""
+    r = check("torchscript", em.loop_over_seq(), repro=False)
+    assert r.status == WARN, r.explain()
+    assert r.culprit_label == "input `x` dim 1"
+    assert "outputs differ by" in r.summary and "optional dimension" in r.summary
+    assert "static" in r.summary and "dynamic_dims" in r.summary and "x:1=NAME" in r.summary
 
 
 def test_trace_baking_a_size_with_int_fails_on_the_batch_dim() -> None:
@@ -184,7 +193,37 @@ def test_onnx_export_failure_is_a_finding_with_the_line() -> None:
     assert r.status == FAIL, r.explain()
     assert r.location.endswith(line_of(em.DataDependentIf, "if x.sum() > 0:"))
     assert r.culprit_label == "<root> (DataDependentIf)"  # the module whose forward the exporter stopped in
-    assert "ONNX export fails" in r.summary and "torch.where" in r.hint
+    assert "the dynamo exporter (torch.onnx.export's default) fails" in r.summary and "torch.where" in r.hint
+    assert r.metrics["exporter"] == "legacy (dynamo=False)"  # the legacy exporter's model is judged: it freezes the branch
+    assert "differs from eager" in r.summary and "negative values" in r.summary
+
+
+def test_onnx_adaptive_pooling_wrong_at_other_grids_warns_for_optional_hw() -> None:
+    """Issue 13: H/W the user never declared are optional: a wrong pyramid pooling at other sizes warns."""
+    r = check("onnx", em.pyramid_pooling(), repro=False)
+    assert r.status == WARN, r.explain()
+    assert "optional dimension" in r.summary and "static" in r.summary and "dynamic_dims" in r.summary
+    assert r.culprit_label.startswith("pools.") and "AdaptiveAvgPool2d" in r.culprit_label
+    assert "adaptive pooling to several bins" in r.hint
+
+
+def test_onnx_adaptive_pooling_fails_when_hw_declared_and_grid_sizes_reach_it() -> None:
+    """Issue 15: ±1 keeps the grid at 6 (51, 52, 53 all give 6); half, double and ±stride change it."""
+    r = check("onnx", em.pyramid_pooling_declared(), repro=False)
+    assert r.status == FAIL, r.explain()
+    assert "input `x` dim 2 (height)" in r.summary and "at 51 it matches" in r.summary and "at 26 outputs differ" in r.summary
+    assert r.culprit_label.startswith("pools.") and "AdaptiveAvgPool2d" in r.culprit_label
+    assert "resize the features to a fixed grid" in r.hint
+
+
+def test_optional_dims_over_budget_are_exported_static_and_named() -> None:
+    """Issue 14: declared dims first; optional ones only within optional_dims_budget_s, else a note."""
+    r = check("torch_export", em.conv_net(), repro=False, optional_dims_budget_s=0.001)
+    assert r.status == PASS, r.explain()
+    assert "not explored: input `x` dim 2, input `x` dim 3" in r.summary
+    assert "declare them in dynamic_dims or raise optional_dims_budget_s" in r.summary
+    assert r.metrics["dynamic_ok"] == "batch"
+    assert any("ran past" in n for n in r.details["export_notes"])
 
 
 def test_onnx_skips_without_onnxruntime(monkeypatch) -> None:
@@ -233,7 +272,9 @@ def test_resnet18_family_passes_with_exports_shared() -> None:
     ctx = Context(target, RunOptions(device="cpu"))
     report = run(target, RunOptions(device="cpu", checks=["torchscript", "torch_export", "onnx"]), context=ctx)
     statuses = {r.check: r.status for r in report.results}
-    assert statuses == {"torchscript": PASS, "torch_export": PASS, "onnx": PASS}, [r.explain() for r in report.results]
+    # the grid-changing sizes reach 32x32, where the last grid is 1: the program's guard rejects it (optional H/W: a warning)
+    assert statuses == {"torchscript": PASS, "torch_export": WARN, "onnx": PASS}, [r.explain() for r in report.results]
+    assert "at 32 the program raises" in report.result("torch_export").summary
     assert set(ctx.variants) == {"torchscript", "torch.export", "onnxruntime"}
     assert all(v.size_bytes and v.size_bytes > 40e6 for v in ctx.variants.values())
     onnx = report.result("onnx")

@@ -33,14 +33,18 @@ def test_image_dims_discovered_channels_stay_static() -> None:
     assert dyn["batch"].required and not dyn["x_dim2"].required
     channel = sweep.group_of("x", 1)
     assert channel is not None and not channel.dynamic and channel.rejected  # conv rejects 2 and 6 channels
-    # the example, two cases changing every dim at once, two value sets; one-dim cases kept aside
+    # the example, two cases changing every dim at once, four at grid-changing sizes (half, double,
+    # ± the total stride 2), two value sets; one-dim cases kept aside
     kinds = [c.kind for c in sweep.cases]
-    assert kinds == ["example", "shape", "shape", "values", "values"]
+    assert kinds == ["example"] + ["shape"] * 6 + ["values", "values"]
     together = [c.sizes for c in sweep.cases if c.kind == "shape"]
-    assert together == [{"batch": 3, "x_dim2": 15, "x_dim3": 17}, {"batch": 3, "x_dim2": 17, "x_dim3": 15}]
+    assert together[:2] == [{"batch": 3, "x_dim2": 15, "x_dim3": 17}, {"batch": 3, "x_dim2": 17, "x_dim3": 15}]
+    assert together[2:] == [{"x_dim2": 8, "x_dim3": 32}, {"x_dim2": 32, "x_dim3": 14}, {"x_dim2": 14, "x_dim3": 18},
+                            {"x_dim2": 18, "x_dim3": 8}]
+    assert dyn["x_dim2"].grid == [8, 32, 14, 18] and dyn["batch"].grid == []
     assert all(c.inputs.shape[2] != c.inputs.shape[3] for c in sweep.cases if c.kind == "shape")  # H and W part ways
     assert all(size >= 2 for c in sweep.cases for size in c.sizes.values())
-    assert {c.sizes["x_dim2"] for c in sweep.group_cases["x_dim2"]} == {15, 17}
+    assert {c.sizes["x_dim2"] for c in sweep.group_cases["x_dim2"]} == {15, 17, 8, 32, 14, 18}
 
 
 def test_shared_sequence_dim_of_keyword_inputs_moves_together() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from torch_diagnose.context import Context
 from torch_diagnose.export.findings import dimension_culprit
 from torch_diagnose.export.guards import site_hints, site_text
+from torch_diagnose.export.messages import library_hint
 from torch_diagnose.export.pipeline import COMMON_OPTIONS, Exporter, counterexample, failed_build, finish, get_sweep, review
 from torch_diagnose.export.program import export_program
 from torch_diagnose.registry import CheckOptions, register
@@ -29,11 +30,11 @@ def torch_export(ctx: Context, opts: CheckOptions) -> CheckResult:
     fails; another one kept static warns); data-dependent control flow fails with its line.
     """
     sweep = get_sweep(ctx)
-    built = export_program(ctx, sweep)
+    built = export_program(ctx, sweep, float(opts.optional_dims_budget_s))
     if not built.ok:
         hint = _FAILED_HINTS.get(built.error_kind or "", "read the exporter's message in details.export_notes; "
                                  "torch.export.draft_export lists every problem at once")
-        return failed_build(ctx, PROGRAM, built, sweep, hint, "torch.export")
+        return failed_build(ctx, PROGRAM, built, sweep, library_hint(built.frame, "torch.export") or hint, "torch.export")
     rv = review(ctx, PROGRAM, sweep, built, built.extra.get("sites", {}))
     pinned = built.extra.get("pinned", {})
     for name in pinned:  # required dimensions the code specialises: exported static, so the sweep cannot see it

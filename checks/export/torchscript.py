@@ -9,7 +9,7 @@ from torch_diagnose.export.pipeline import (COMMON_OPTIONS, Exporter, Review, co
 from torch_diagnose.export.program import sites_if_needed
 from torch_diagnose.export.run import evaluate
 from torch_diagnose.export.guards import site_hints
-from torch_diagnose.export.torchscript import DEPRECATION, build_torchscript
+from torch_diagnose.export.torchscript import DEPRECATION, build_torchscript, like_eager
 from torch_diagnose.inputs import call_model
 from torch_diagnose.locate.code import Frame
 from torch_diagnose.locate.source import module_at
@@ -22,7 +22,7 @@ TRACE = Exporter("torchscript", "torchscript", "trace", "TorchScript trace", "To
 
 def _script_sweep(ctx: Context, sweep: Any, script_mod: Any) -> tuple[list[dict[str, Any]], bool, int]:
     """Is `torch.jit.script` a working TorchScript route? (sweep rows, matches everywhere, cases)."""
-    out = evaluate(ctx, sweep, lambda inputs: call_model(script_mod, inputs), artifact="script")
+    out = evaluate(ctx, sweep, lambda inputs: like_eager(call_model(script_mod, inputs), ctx.reference), artifact="script")
     return out.rows(), not out.failed and not out.failed_groups, len(out.results)
 
 

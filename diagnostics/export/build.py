@@ -6,7 +6,8 @@
   and its padding mask) are found by trying the same-sized dimensions of the other inputs along
   with it. The batch dimension and the user's declared dimensions (`Target.dynamic_dims`) are
   *required*: an artifact must keep them dynamic.
-* **Cases**: the example itself, cases that change every dynamic group at once, and value sets
+* **Cases**: the example itself, cases that change every dynamic group at once, cases at sizes
+  that change the model's internal grids (half, double, ± total stride: `grid`), and value sets
   (other seeds, positive and negative values, other scales) at the example shape; one-dimension
   cases are kept aside for attribution. Eager's outputs for every case are computed here.
 
@@ -25,6 +26,7 @@ from ..inputs import input_names
 from ..locate.code import raise_site
 from ..text import one_line
 from .cases import VALUE_SETS, DimGroup, Sweep, SweepCase, case_label, fill_values, ident, named_leaves, resize
+from .grid import probe_grids, total_strides
 
 Ref = tuple[str, int]
 
@@ -228,8 +230,21 @@ def _value_cases(ctx: Any, sweep: Sweep, value_sets: Sequence[tuple[str, int, st
     return cases
 
 
+def _grid_cases(ctx: Any, sweep: Sweep, tensors: dict[str, torch.Tensor], cases: list[SweepCase], budget_s: float) -> None:
+    """Cases at sizes that change the model's internal grids (half, double, ± total stride); one eager
+    rejects together falls back to each group's own."""
+    if budget_s <= 0:
+        return
+    for case in probe_grids(ctx, sweep, total_strides(ctx, tensors), budget_s=budget_s):
+        if case.ensure_expected(ctx):
+            cases.append(case)
+            continue
+        for name, size in case.sizes.items():
+            cases.extend(c for c in sweep.group_cases.get(name, []) if c.sizes.get(name) == size and c not in cases)
+
+
 def build_sweep(ctx: Any, *, value_sets: Sequence[tuple[str, int, str, float]] = VALUE_SETS,
-                max_probe_forwards: int = 80) -> Sweep:
+                max_probe_forwards: int = 80, grid_budget_s: float = 15.0) -> Sweep:
     """Discover the dynamic dimensions of the inputs and build the sweep cases.
 
     `ctx` is the run's Context: eager runs go through `ctx.forward` (counted), the batch
@@ -250,6 +265,7 @@ def build_sweep(ctx: Any, *, value_sets: Sequence[tuple[str, int, str, float]] =
     sweep.group_cases = prober.individual
     cases = [SweepCase("example", "example", example, reference), *_export_case(ctx, sweep)]
     _shape_cases(ctx, sweep, cases)
+    _grid_cases(ctx, sweep, tensors, cases, grid_budget_s)
     sweep.cases = cases + _value_cases(ctx, sweep, value_sets)
     sweep.eager_forwards = ctx.stats.calls - calls0
     sweep.seconds = time.perf_counter() - start

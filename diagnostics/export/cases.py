@@ -3,7 +3,7 @@ dimension groups eager moves, the cases every artifact runs on, and export specs
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -116,6 +116,7 @@ class DimGroup:
     accepted: list[int] = field(default_factory=list)  # other sizes eager ran at
     rejected: dict[int, str] = field(default_factory=dict)  # size -> eager's error
     rejected_frame: Frame | None = None  # where eager raised, when it did (user code, else a library)
+    grid: list[int] = field(default_factory=list)  # sizes that change internal grids (half, double, ±stride) eager ran at
 
     @property
     def rejected_at(self) -> str | None:
@@ -142,7 +143,7 @@ class DimGroup:
     def describe(self) -> dict[str, Any]:
         return {
             "group": self.name, "dims": self.label, "example_size": self.size, "required": self.required,
-            "why": self.why, "eager_accepts": self.accepted, "eager_rejects": sorted(self.rejected),
+            "why": self.why, "eager_accepts": self.accepted, "grid_sizes": self.grid, "eager_rejects": sorted(self.rejected),
         }
 
 
@@ -204,6 +205,24 @@ class Sweep:
         return (f"{len(self.cases)} cases ({sum(c.kind == 'shape' for c in self.cases)} shapes, "
                 f"{sum(c.kind == 'values' for c in self.cases)} value sets); dynamic: {', '.join(dyn) or 'none'}")
 
+
+
+def restrict(sweep: Sweep, names: Sequence[str]) -> Sweep:
+    """The sweep with groups `names` held at the example's size: for an artifact exported with them
+    static. Combined cases that moved them give way to the other groups' own cases."""
+    if not names:
+        return sweep
+    held = set(names)
+    groups = [replace(g, accepted=[], grid=[], why="not explored") if g.name in held else g for g in sweep.groups]
+    cases: list[SweepCase] = []
+    for case in sweep.cases:
+        if not held & set(case.sizes):
+            cases.append(case)
+            continue
+        for name in case.sizes:
+            cases.extend(c for c in sweep.group_cases.get(name, []) if name not in held and c not in cases)
+    group_cases = {k: v for k, v in sweep.group_cases.items() if k not in held}
+    return replace(sweep, groups=groups, cases=cases, group_cases=group_cases)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,10 +2,13 @@
 input dimensions they name."""
 from __future__ import annotations
 
+import importlib.util
+import linecache
+import os
 import re
 from dataclasses import dataclass, field
 
-from ..locate.code import Frame, frames_in_text, pick
+from ..locate.code import LIBRARY, Frame, frames_in_text, pick
 from .cases import Sweep
 
 _BOILERPLATE = (
@@ -19,6 +22,16 @@ _BOILERPLATE = (
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
+def _before_boilerplate(line: str) -> str:
+    """The sentences of a line before the first boilerplate one ("Found X in output ... See https://github.com/...")."""
+    kept: list[str] = []
+    for sentence in re.split(r"(?<=[.!?])\s+", line):
+        if any(b in sentence for b in _BOILERPLATE):
+            break
+        kept.append(sentence)
+    return " ".join(kept).strip()
+
+
 def trim_message(exc: BaseException | str, max_lines: int = 4, max_chars: int = 500) -> str:
     """The exporter's message cut to what matters: no boilerplate, no colour codes, a few lines."""
     text = _ANSI.sub("", str(exc))
@@ -27,8 +40,8 @@ def trim_message(exc: BaseException | str, max_lines: int = 4, max_chars: int = 
     text = re.sub(r"tensor\(\[.*?\](, [a-z_]+=[^)]*)?\)", "tensor(...)", text, flags=re.DOTALL)
     kept: list[str] = []
     for line in text.splitlines():
-        stripped = line.strip()
-        if not stripped or any(b in stripped for b in _BOILERPLATE):
+        stripped = _before_boilerplate(line.strip())
+        if not stripped:
             continue
         if stripped.startswith("<class '"):
             stripped = re.sub(r"^<class '([\w.]+)'>:\s*", lambda m: m.group(1).rsplit(".", 1)[-1] + ": ", stripped)
@@ -39,6 +52,37 @@ def trim_message(exc: BaseException | str, max_lines: int = 4, max_chars: int = 
     if isinstance(exc, BaseException) and not out.startswith(type(exc).__name__):
         out = f"{type(exc).__name__}: {out}"
     return out[:max_chars]
+
+
+_GENERIC = ("Failed to export the model with torch.export", "Failed to convert the exported program", "Failed to decompose")
+
+
+def informative(exc: BaseException, max_lines: int = 4, max_chars: int = 600) -> str:
+    """The exporter's message with its causes: a wrapper that only says "Failed to export" (or is a
+    bare `RuntimeError`) is followed by the chained exception that says why."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(parts) < 3:
+        seen.add(id(current))
+        text = trim_message(current, max_lines, max_chars)
+        body = text.split(": ", 1)[1] if ": " in text else ""
+        if body and not any(body.startswith(g) for g in _GENERIC):
+            parts.append(text)
+            if len(" ".join(parts)) > max_chars // 2:
+                break
+        current = current.__cause__ or current.__context__
+    return (" <- caused by ".join(parts) or trim_message(exc, max_lines, max_chars))[:max_chars]
+
+
+def library_hint(frame: Frame | None, what: str) -> str | None:
+    """When an exporter stops in a library's code: what avoids it, never "edit the library"."""
+    lib = frame.library if frame is not None else None
+    if frame is None or lib is None or frame.owner != LIBRARY:
+        return None
+    return (f"{what} stops in {lib} library code ({frame.location}), not in your code: do not edit {lib}; export the part "
+            f"of the model before that call (e.g. the backbone) and run the rest in eager, use the legacy ONNX exporter "
+            f"(torch.onnx.export(..., dynamo=False)) or torch.jit.script, or an option/wrapper of {lib} that avoids this path")
 
 
 _SOURCE_RE = re.compile(r"((?:L|inputs)(?:\[[^\]]+\])+)(?:\.size\(\)|\.shape)\[(\d+)\]")
@@ -72,6 +116,22 @@ class ExportError:
     groups: list[str] = field(default_factory=list)  # dimension groups it names
 
 
+def _resolve(path: str) -> str | None:
+    """A path as exporters print it: absolute, relative to the working directory, or a package's
+    (`torchvision/ops/boxes.py`)."""
+    if os.path.exists(path):
+        return os.path.abspath(path)
+    try:
+        spec = importlib.util.find_spec(path.split("/", 1)[0])
+    except (ImportError, ValueError):
+        return None
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        candidate = os.path.join(os.path.dirname(root), path)
+        if os.path.exists(candidate):
+            return candidate
+    return None
+
+
 def _raising_frame(text: str) -> Frame | None:
     """The line the exporter says raised; else the user's (or a library's) innermost frame it prints."""
     call = re.search(r'The following call raised this error:\s*\n\s*(File "[^"]+", line \d+, in \S+\n\s*.+)', text)
@@ -79,7 +139,12 @@ def _raising_frame(text: str) -> Frame | None:
         found = frames_in_text(call.group(1))
         if found:
             return found[0]
-    return pick(frames_in_text(text), allow_torch=False)
+    caused = re.search(r"Caused by: \(([^\s:()]+\.py):(\d+)", text)  # torch.export names the line, maybe relative
+    path = _resolve(caused.group(1)) if caused else None
+    if caused and path:
+        line = int(caused.group(2))
+        return Frame(path, line, "", linecache.getline(path, line).strip())
+    return pick((f for f in frames_in_text(text) if os.path.exists(f.file)), allow_torch=False)
 
 
 def _named_groups(text: str, sweep: Sweep) -> list[str]:
@@ -98,7 +163,11 @@ def explain_export_error(exc: BaseException, sweep: Sweep) -> ExportError:
     """Kind, plain words, the line and the dimensions named, for an exception from torch.export."""
     text = _ANSI.sub("", str(exc))
     frame = _raising_frame(text)
+    if frame is not None and not frame.code:
+        frame = Frame(frame.file, frame.line, frame.function, linecache.getline(frame.file, frame.line).strip())
     where = f" at {frame.location}" if frame else ""
+    if frame is not None and frame.owner == LIBRARY:
+        where = f" in {frame.library} library code at {frame.location}"
     if "data-dependent" in text or "GuardOnDataDependentSymNode" in type(exc).__name__:
         code = f" (`{frame.code}`)" if frame else ""
         return ExportError("data-dependent", f"forward branches on (or reads) a tensor's value{where}{code}: torch.export "
@@ -109,4 +178,4 @@ def explain_export_error(exc: BaseException, sweep: Sweep) -> ExportError:
         return ExportError("constraint", f"{named} was asked dynamic but the code specialised it to a constant", frame, groups)
     if ".numpy()" in text or "numpy" in text.lower() and "not supported" in text:
         return ExportError("numpy", f"forward converts a tensor to NumPy, which torch.export cannot trace{where}", frame)
-    return ExportError("error", trim_message(exc), frame)
+    return ExportError("error", informative(exc), frame)

@@ -18,8 +18,9 @@ from ..tree import flatten, map_leaves
 from . import onnx_tools
 from .cases import Sweep, SweepCase, dynamic_shapes_spec, named_leaves, to_numpy
 from .messages import explain_export_error, trim_message
-from .pipeline import Built, non_tensor_outputs, quiet, tmpdir
-from .program import export_program
+from .pipeline import (OPTIONAL_DIMS_BUDGET_S, Built, OverBudget, cache_outputs, deadline, non_tensor_outputs, optional_groups,
+                       quiet, tmpdir)
+from .program import export_program, required_program
 
 _LARGE = 1_800_000_000  # protobuf's 2 GB limit: weights go to an external file above this
 
@@ -56,9 +57,9 @@ def _export(ctx: Context, sweep: Sweep, built: Built, program: Built | None) -> 
 
 def _export_failed(ctx: Context, sweep: Sweep, built: Built, program: Built | None, exc: BaseException) -> None:
     err = explain_export_error(exc, sweep)
-    built.error = err.words if err.kind in ("data-dependent", "numpy", "constraint") else trim_message(exc)
+    built.error = err.words
     built.error_kind, built.frame = err.kind, err.frame
-    odd = non_tensor_outputs(ctx)
+    odd = ", ".join(cache_outputs(ctx.reference)) or non_tensor_outputs(ctx)
     if odd and err.kind == "error":
         built.error = f"eager returns non-tensor outputs {odd}; an ONNX graph can only return tensors: {built.error}"
         built.error_kind = "outputs"
@@ -121,22 +122,74 @@ def _runner(ctx: Context, sweep: Sweep, session: Any, graph_inputs: list[str]) -
     return run
 
 
-def build_onnx(ctx: Context, sweep: Sweep) -> Built:
-    """Export (from the shared torch.export program when there is one), check, load under ONNX Runtime."""
+def _legacy(ctx: Context, sweep: Sweep, built: Built) -> Any:
+    """The TorchScript-based exporter (`dynamo=False`), as users fall back to it; the model proto or None.
+    Every dimension eager moves is a named dynamic axis (a trace costs the same either way)."""
+    args, kwargs = as_args_kwargs(sweep.export_inputs)
+    tensors = {k: v for k, v in named_leaves(sweep.export_inputs, sweep.names).items() if isinstance(v, torch.Tensor)}
+    leaves = list(tensors)
+    axes = {leaf: {d: g.name for d in range(t.dim()) if (g := sweep.group_of(leaf, d)) is not None and g.dynamic}
+            for leaf, t in tensors.items()}
+    path = os.path.join(tmpdir(ctx), "model.legacy.onnx")
+    start = time.perf_counter()
+    try:
+        with quiet(), torch.no_grad():
+            torch.onnx.export(ctx.model, tuple(args), path, kwargs=dict(kwargs) or None, dynamo=False, input_names=leaves,
+                              dynamic_axes={k: v for k, v in axes.items() if v} or None)
+        proto = onnx.load(path)
+    except Exception as exc:
+        built.extra["legacy"] = f"fails too: {trim_message(exc, 3, 400)}"
+        built.notes.append(f"the legacy exporter (dynamo=False) fails too: {trim_message(exc, 3, 400)}")
+        return None
+    built.extra["legacy"] = f"works ({time.perf_counter() - start:.1f} s)"
+    built.extra["dynamo_error"], built.extra["dynamo_error_kind"] = built.error, built.error_kind
+    built.error = built.error_kind = None
+    built.extra["exporter"] = "legacy"
+    built.notes.append("the dynamo exporter failed; the legacy TorchScript-based exporter (dynamo=False) produced the judged ONNX model")
+    return proto
+
+
+def _export_within_budget(ctx: Context, sweep: Sweep, built: Built, program: Built | None,
+                          budget_s: float) -> tuple[Any, Built | None, Sweep]:
+    """The dynamo export with the optional dims the program kept dynamic, stopped past `budget_s`
+    and redone with the declared dims only. Returns (ONNX program, torch.export program, its sweep)."""
+    psweep = program.extra.get("sweep", sweep) if program is not None else sweep
+    optional = optional_groups(psweep)
+    try:
+        with deadline(budget_s if optional else 0.0), torch.no_grad():
+            prog = _export(ctx, psweep, built, program)
+    except OverBudget:
+        built.notes.append(f"the ONNX export with the optional dims dynamic ran past {budget_s:g} s and was stopped")
+        program = required_program(ctx, sweep)
+        psweep = program.extra["sweep"]
+        with torch.no_grad():
+            prog = _export(ctx, psweep, built, program)
+    if psweep is not sweep:
+        built.extra.update({"sweep": psweep, "unexplored": optional_groups(sweep), "budget_s": budget_s})
+    return prog, program, psweep
+
+
+def build_onnx(ctx: Context, sweep: Sweep, budget_s: float = OPTIONAL_DIMS_BUDGET_S) -> Built:
+    """Export (from the shared torch.export program when there is one) under no_grad, as an inference
+    model is exported; when the dynamo exporter fails, try the legacy one (`dynamo=False`) and judge
+    that. Check the model and load it under ONNX Runtime."""
     built = Built("onnx")
     start = time.perf_counter()
     try:
-        program: Built | None = export_program(ctx, sweep)
+        program: Built | None = export_program(ctx, sweep, budget_s)
     except Exception:
         program = None
     try:
-        prog = _export(ctx, sweep, built, program)
+        prog, program, sweep = _export_within_budget(ctx, sweep, built, program, budget_s)
+        proto = prog.model_proto
+        _name_dims(proto, sweep)
+        built.extra["exporter"] = "dynamo"
     except Exception as exc:
-        built.seconds = time.perf_counter() - start
         _export_failed(ctx, sweep, built, program, exc)
-        return built
-    proto = prog.model_proto
-    _name_dims(proto, sweep)
+        prog, proto = None, _legacy(ctx, sweep, built)
+        if proto is None:
+            built.seconds = time.perf_counter() - start
+            return built
     source = _serialise(ctx, built, proto)
     try:
         onnx.checker.check_model(source if isinstance(source, str) else proto)

@@ -13,7 +13,9 @@ import logging
 import math
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import warnings
 import weakref
 from dataclasses import dataclass, field
@@ -28,7 +30,7 @@ from ..locate.source import module_at
 from ..registry import CheckOptions, Option
 from ..results import PASS, CheckResult
 from ..text import one_line
-from ..tree import flatten
+from ..tree import flatten, plain_objects
 from . import repro
 from .build import build_sweep
 from .cases import Sweep, SweepCase, describe_inputs
@@ -38,11 +40,58 @@ from .run import CaseResult, SweepOutcome, evaluate
 
 SWEEP_KEY = "export:sweep"
 
+OPTIONAL_DIMS_BUDGET_S = 30.0
+
 COMMON_OPTIONS = (
+    Option("optional_dims_budget_s", float, OPTIONAL_DIMS_BUDGET_S,
+           "seconds an export may take to also keep the optional dims (not batch, not declared) dynamic; over it, "
+           "they are exported static and not explored (0: never explore them)"),
     Option("shrink", bool, True, "shrink a mismatching input to a small counterexample with hypothesis"),
     Option("shrink_budget_s", float, 20.0, "seconds the shrinking may take"),
     Option("repro", bool, True, "write a repro bundle (artifact, inputs .npz, script) under <report_dir>/repro/<check>/"),
 )
+
+
+class OverBudget(BaseException):
+    """An export with optional dims dynamic ran past its budget (a BaseException: exporters' `except
+    Exception` must not swallow it)."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[bool]:
+    """Raise OverBudget in the main thread after `seconds` (SIGALRM), and again every 0.5 s in case
+    library code swallowed it; yields False where no alarm can be set."""
+    if not (0 < seconds < math.inf) or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield False
+        return
+
+    def alarm(_signum: int, _frame: Any) -> None:
+        raise OverBudget(f"over the {seconds:g} s budget")
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds, 0.5)
+    try:
+        yield True
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def optional_groups(sweep: Sweep) -> list[str]:
+    """Dynamic dims the user did not ask for (not the batch, not declared): exporting them is optional."""
+    return [g.name for g in sweep.dynamic_groups if not g.required]
+
+
+def unexplored_note(sweep: Sweep, built: "Built") -> str:
+    """`; not explored: ...` for the summary when optional dims were exported static to stay in budget."""
+    names = built.extra.get("unexplored") or []
+    if not names:
+        return ""
+    labels = ", ".join(sweep.group(n).label for n in names)
+    why = (f"exporting them dynamic took over optional_dims_budget_s={built.extra.get('budget_s', 0):g} s"
+           if built.extra.get("budget_s") else "optional_dims_budget_s=0")
+    return (f"; not explored: {labels} (optional dims, {why}; exported static): declare them in dynamic_dims or raise "
+            f"optional_dims_budget_s to check them")
 
 
 def get_sweep(ctx: Context) -> Sweep:
@@ -74,9 +123,34 @@ def quiet() -> Iterator[None]:
         logging.disable(previous)
 
 
+def cache_outputs(value: Any, depth: int = 0) -> list[str]:
+    """Type names of transformers cache objects (DynamicCache, EncoderDecoderCache ...) in eager's output."""
+    name = type(value).__name__
+    if name.endswith("Cache") and not isinstance(value, (dict, list, tuple, torch.Tensor)):
+        return [name]
+    if depth > 3:
+        return []
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    return list(dict.fromkeys(n for v in items for n in cache_outputs(v, depth + 1)))
+
+
+def cache_hint(ctx: Context) -> str | None:
+    """`use_cache=False` when the output holds a transformers cache object, which exporters cannot return."""
+    caches = cache_outputs(ctx.reference)
+    if not caches:
+        return None
+    return (f"eager's output holds a transformers {caches[0]} (past_key_values), which exporters cannot return: export "
+            f"with use_cache=False (in the inputs, or model.config.use_cache = False) and return_dict=False for a plain "
+            f"tuple of tensors")
+
+
 def non_tensor_outputs(ctx: Context) -> str:
-    """`[1]` (str), `[3]` (int) ... for eager's non-tensor output leaves, or ''."""
-    odd = [f"`{k}` ({type(v).__name__})" for k, v in flatten(ctx.reference).items() if not isinstance(v, torch.Tensor)]
+    """`[1]` (str), `cache` (DynamicCache) ... for what eager returns besides tensors, or ''. An object
+    holding tensors (a transformers cache) is named once, not by the leaves inside it."""
+    objects = plain_objects(ctx.reference)
+    odd = [f"`{k}` ({type(v).__name__})" for k, v in objects.items()]
+    odd += [f"`{k}` ({type(v).__name__})" for k, v in flatten(ctx.reference).items()
+            if not isinstance(v, torch.Tensor) and not any(k == o or k.startswith(o + ".") or k.startswith(o + "[") for o in objects)]
     return ", ".join(odd[:4]) + (" ..." if len(odd) > 4 else "")
 
 
@@ -162,7 +236,9 @@ Sites = dict[str, Site]
 def review(ctx: Context, exporter: Exporter, sweep: Sweep, built: Built,
            sites: Sites | Callable[[SweepOutcome], Sites] | None = None) -> Review:
     """Sweep the built artifact and judge the outcome; `sites` (where dimensions got pinned) may
-    depend on the outcome, to be looked for only when a dimension fails."""
+    depend on the outcome, to be looked for only when a dimension fails. An artifact built with optional
+    dims static to stay in budget is swept without them (`built.extra["sweep"]`)."""
+    sweep = built.extra.get("sweep", sweep)
     outcome = evaluate(ctx, sweep, built.run, artifact=exporter.artifact)
     if callable(sites):
         sites = sites(outcome)
@@ -179,6 +255,9 @@ def failed_build(ctx: Context, exporter: Exporter, built: Built, sweep: Sweep, h
     if frame is not None:
         found = module_at(ctx.model, frame.file, frame.line)
         culprit = found.with_frame(frame) if found is not None else Culprit.at(frame)
+    caches = cache_hint(ctx)
+    if caches:
+        hint = f"{caches}; {hint}"
     return CheckResult.failed(
         f"{artifact} fails: {built.error}", culprit=culprit, hint=hint,
         metrics={**base_metrics(built, sweep, None), "export_failed": True, "failure_kind": built.error_kind or "error"},
@@ -186,7 +265,7 @@ def failed_build(ctx: Context, exporter: Exporter, built: Built, sweep: Sweep, h
     )
 
 
-def _first_mismatch(outcome: SweepOutcome) -> CaseResult | None:
+def first_mismatch(outcome: SweepOutcome) -> CaseResult | None:
     pool = outcome.mismatches
     if not pool:
         return None
@@ -214,7 +293,7 @@ def _write_bundle(ctx: Context, rv: Review, case: SweepCase, actual: Any, max_ab
 
 def counterexample(ctx: Context, opts: CheckOptions, rv: Review) -> tuple[SweepCase | None, str | None]:
     """Shrink the first mismatch and write the repro bundle; returns (counterexample case, folder)."""
-    failing = _first_mismatch(rv.outcome)
+    failing = first_mismatch(rv.outcome)
     if failing is None:
         return None, None
     cex = None
@@ -242,8 +321,10 @@ def summary(artifact: str, findings: Findings, outcome: SweepOutcome) -> str:
         return f"{artifact} differs from eager: {findings.failures[0]}{more}"
     dyn = [gv.group.label for gv in outcome.groups if gv.verdict == "dynamic"]
     n_ok = sum(r.status == "ok" for r in outcome.results)
+    n_run = n - len(outcome.raised)
     base = (f"{artifact} matches eager at all {n} sweep cases" if n_ok == n else
-            f"{artifact} matches eager on the {n_ok} of {n} sweep cases it accepts")
+            f"{artifact} matches eager on the {n_ok} of {n} sweep cases it accepts" if n_ok == n_run else
+            f"{artifact} matches eager at {n_ok} of {n} sweep cases")
     base += f"; dynamic: {', '.join(dyn)}" if dyn else ""
     if findings.warnings:
         return f"{base}; but {findings.warnings[0]}" + (f" (+{len(findings.warnings) - 1} more)" if len(findings.warnings) > 1 else "")
@@ -267,5 +348,8 @@ def finish(ctx: Context, rv: Review, *, title: str | None = None, note: str = ""
     rv.details["failures"], rv.details["warnings"] = findings.failures, findings.warnings
     publish(ctx, rv.exporter, rv.built, status, rv.outcome, note=note)
     text = summary(title or rv.exporter.title, findings, rv.outcome) + (pass_note if status == PASS else "")
+    text += unexplored_note(rv.sweep, rv.built)
+    if rv.built.extra.get("unexplored"):
+        rv.details["not_explored"] = [rv.sweep.group(n).label for n in rv.built.extra["unexplored"]]
     return CheckResult(status=status, summary=text, culprit=findings.culprit, hint="; ".join(dict.fromkeys(rv.hints)) or None,
                        metrics=rv.metrics, details=rv.details)

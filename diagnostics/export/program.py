@@ -16,17 +16,51 @@ import torch
 
 from ..context import Context
 from ..inputs import as_args_kwargs, call_model
-from .cases import Sweep, dynamic_shapes_spec, named_leaves
+from .cases import Sweep, dynamic_shapes_spec, named_leaves, restrict
 from .guards import Site, capture_guards, pinning_sites, site_text
-from .messages import ExportError, explain_export_error, trim_message
-from .pipeline import Built, quiet, tmpdir
+from .messages import ExportError, explain_export_error, informative, trim_message
+from .pipeline import OPTIONAL_DIMS_BUDGET_S, Built, OverBudget, deadline, optional_groups, quiet, tmpdir
 
 PROGRAM_KEY = "export:torch_export"
 
 
-def export_program(ctx: Context, sweep: Sweep) -> Built:
-    """The run's torch.export build, shared by torch_export, onnx and torchscript's attribution."""
-    return ctx.cached(PROGRAM_KEY, lambda: build_program(ctx, sweep))
+def export_program(ctx: Context, sweep: Sweep, budget_s: float = OPTIONAL_DIMS_BUDGET_S) -> Built:
+    """The run's torch.export build, shared by torch_export, onnx and torchscript's attribution: the
+    declared dims (batch, dynamic_dims) always dynamic; the optional ones too when that fits `budget_s`."""
+    return ctx.cached(PROGRAM_KEY, lambda: build_within_budget(ctx, sweep, budget_s))
+
+
+def required_program(ctx: Context, sweep: Sweep) -> Built:
+    """torch.export with only the declared dims dynamic (the optional ones static)."""
+    return ctx.cached(PROGRAM_KEY + ":required", lambda: _held_static(build_program(ctx, restrict(sweep, optional_groups(sweep))),
+                                                                         sweep, optional_groups(sweep)))
+
+
+def _held_static(built: Built, sweep: Sweep, names: list[str]) -> Built:
+    built.extra["unexplored"] = names
+    built.extra["sweep"] = restrict(sweep, names)
+    return built
+
+
+def build_within_budget(ctx: Context, sweep: Sweep, budget_s: float) -> Built:
+    """Optional dims dynamic within `budget_s` (Swin-T's H/W took minutes); over it, the declared dims only."""
+    optional = optional_groups(sweep)
+    if not optional:
+        return build_program(ctx, sweep)
+    if budget_s > 0:
+        start = time.perf_counter()
+        try:
+            with deadline(budget_s):
+                return build_program(ctx, sweep)
+        except OverBudget:
+            spent = time.perf_counter() - start
+        built = required_program(ctx, sweep)
+        built.seconds += spent
+        built.notes.append(f"torch.export with the optional dims dynamic ran past {budget_s:g} s and was stopped")
+    else:
+        built = required_program(ctx, sweep)
+    built.extra["budget_s"] = budget_s
+    return built
 
 
 def sites_if_needed(ctx: Context, sweep: Sweep, outcome: Any) -> dict[str, Site]:
@@ -60,8 +94,8 @@ class _Attempts:
             self.pinned.update({name: err.words for name in self.required})
             self.required.clear()
             return True
-        if not self.strict and err.kind in ("numpy", "error"):
-            built.notes.append(f"non-strict torch.export failed ({trim_message(exc, 2, 200)}); retried with strict=True (TorchDynamo)")
+        if not self.strict and err.kind in ("numpy", "error") and "which is not a known type" not in err.words:  # strict cannot help
+            built.notes.append(f"non-strict torch.export failed ({informative(exc, 2, 300)}); retried with strict=True (TorchDynamo)")
             self.strict = True
             return True
         return False
@@ -73,7 +107,7 @@ def _export_once(ctx: Context, sweep: Sweep, state: _Attempts) -> Any:
     inputs = sweep.export_inputs
     args, kwargs = as_args_kwargs(inputs)
     spec = dynamic_shapes_spec(sweep, inputs, lambda g: Dim.DYNAMIC if g.name in state.required else Dim.AUTO)
-    with capture_guards(ctx.model, hooks=not state.strict) as records, quiet():
+    with capture_guards(ctx.model, hooks=not state.strict) as records, quiet(), torch.no_grad():  # as inference models are exported
         try:
             return torch.export.export(ctx.model, tuple(args), dict(kwargs), dynamic_shapes=spec, strict=state.strict)
         finally:
@@ -81,7 +115,7 @@ def _export_once(ctx: Context, sweep: Sweep, state: _Attempts) -> Any:
 
 
 def _fail(built: Built, err: ExportError, exc: BaseException) -> None:
-    built.error = err.words if err.kind != "error" else trim_message(exc)
+    built.error = err.words
     built.error_kind, built.frame = err.kind, err.frame
     if err.kind != "error":
         built.notes.append(f"exporter said: {trim_message(exc, 3, 400)}")

@@ -49,7 +49,7 @@ class _Found(Exception):
 
 
 def _candidates(group: DimGroup, upto: int) -> list[int]:
-    pool = {2, 3, 4, group.size, *group.accepted, max(2, group.size // 2), max(2, group.size // 4)}
+    pool = {2, 3, 4, group.size, *group.accepted, *group.grid, max(2, group.size // 2), max(2, group.size // 4)}
     return sorted(s for s in pool if 2 <= s <= max(upto, group.size))
 
 

@@ -45,11 +45,13 @@ class GroupVerdict:
 
     @property
     def failed(self) -> bool:
-        return self.verdict in ("wrong", "eager-static") or (self.group.required and self.verdict in ("static", "partial"))
+        """Eager itself pins it, or a required (batch, declared) dim is wrong or static. An optional dim
+        the user never asked to move only warns (issue 13)."""
+        return self.verdict == "eager-static" or (self.group.required and self.verdict in ("wrong", "static", "partial"))
 
     @property
     def warned(self) -> bool:
-        return not self.failed and self.verdict in ("static", "partial")
+        return not self.failed and self.verdict in ("wrong", "static", "partial")
 
 
 @dataclass

@@ -16,7 +16,7 @@ from ..context import Context
 from ..inputs import as_args_kwargs, call_model
 from ..locate.code import Frame, raise_site
 from .cases import Sweep
-from .messages import trim_message
+from .messages import informative, trim_message
 from .pipeline import Built, non_tensor_outputs, quiet, tmpdir
 
 DEPRECATION = ("TorchScript is deprecated in current torch (torch.jit.trace/script emit a FutureWarning): "
@@ -37,6 +37,15 @@ def tracer_cause(message: str) -> str:
     if "torch.tensor results are registered as constants" in m:
         return "torch.tensor(...) built from Python values is a constant"
     return message.split(". ")[0]
+
+
+def like_eager(out: Any, reference: Any) -> Any:
+    """Compare like with like: torchvision's scripted detection models return `(losses, detections)`
+    where eager returns the detections list; take the detections."""
+    if (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], dict) and isinstance(out[1], list)
+            and isinstance(reference, list)):
+        return out[1]
+    return out
 
 
 def _has_containers(obj: Any) -> bool:
@@ -99,7 +108,7 @@ def _trace(ctx: Context, sweep: Sweep, built: Built, caught: list[warnings.Warni
 
 
 def _trace_failed(ctx: Context, built: Built, exc: BaseException) -> None:
-    built.error, built.error_kind = trim_message(exc), "trace"
+    built.error, built.error_kind = informative(exc), "trace"
     odd = non_tensor_outputs(ctx)
     if odd:
         built.error = f"eager returns non-tensor outputs {odd}; a trace can only return tensors (and tuples/lists/dicts of tensors): {built.error}"

@@ -220,3 +220,31 @@ def conv_net() -> tuple[nn.Module, torch.Tensor]:
         model.features[1].running_mean.uniform_(-0.5, 0.5)
         model.features[1].running_var.uniform_(0.5, 2.0)
     return model, torch.randn(2, 3, 16, 16)
+
+
+class PyramidPooling(nn.Module):
+    """Pyramid-pooling head (PSPNet): adaptive average pooling to 1, 2, 3 and 6 bins, upsampled and
+    concatenated. The dynamo ONNX exporter freezes adaptive pooling into fixed windows: exact at the
+    example's grid, wrong at every other grid. A stride-8 patch backbone keeps the grid at ±1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, 8, 8, stride=8), nn.ReLU())
+        self.pools = nn.ModuleList([nn.AdaptiveAvgPool2d(b) for b in (1, 2, 3, 6)])
+        self.head = nn.Conv2d(40, 5, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.backbone(x)
+        size = f.shape[-2:]
+        feats = [f] + [nn.functional.interpolate(p(f), size=size, mode="bilinear", align_corners=False) for p in self.pools]
+        return self.head(torch.cat(feats, 1))
+
+
+def pyramid_pooling() -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    return PyramidPooling().eval(), torch.randn(2, 3, 52, 52)  # grid 6 at 51, 52 and 53
+
+
+def pyramid_pooling_declared() -> Target:
+    model, x = pyramid_pooling()
+    return Target(model, x, dynamic_dims={"x": {2: "height", 3: "width"}}, name="pyramid-pooling")
