@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from torch_diagnose.context import Context
+from torch_diagnose.locate.code import LIBRARY, library_name, owner
 from torch_diagnose.registry import CheckOptions, Option, register
 from torch_diagnose.results import CheckResult
 from torch_diagnose.sync import HINTS, SyncPoint, SyncSpy, matches_allow, op_text
@@ -86,6 +87,11 @@ def _hint(active: list[SyncPoint]) -> str:
     if "nested_tensor" in first.op:
         hint = (f"{where}{code}: nn.TransformerEncoder's fast path turns the padding mask into a nested tensor, which reads "
                 "the mask on the host: build it with `enable_nested_tensor=False` if the sync costs more than the padding")
+    elif first.event.file and owner(first.event.file) == LIBRARY:
+        lib = library_name(first.event.file)
+        hint = (f"{where} uses {op_text(first.op)}{code} in {lib} library code ({first.location}), not in your code: do not "
+                f"edit {lib}; the call comes with how the model is used (an input or option of {lib}, e.g. for transformers "
+                "attention masks: no attention_mask when nothing is padded, or another attn_implementation)")
     else:
         hint = f"{where} uses {op_text(first.op)}{code}: it {HINTS[first.kind]}"
     token = first.op.split(".", 1)[-1] if not first.op.startswith("cuda sync") else (first.event.module or first.event.module_type)

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ..locate.code import LIBRARY
 from .. import fingerprint as fp
 from ..context import Context
 from ..locate import Culprit, Frame
@@ -89,6 +90,9 @@ def _bn_finding(model: torch.nn.Module, ch: fp.Change, module: torch.nn.Module, 
 def _state_hint(ch: fp.Change, site: Frame | None, desc: str, per_call: bool) -> str:
     where = f"`{site.function}` (`{site.code}`)" if site else "forward"
     what = ch.kind if ch.kind in ("parameter", "buffer") else ch.type_name or "attribute"
+    if not per_call and site is not None and site.owner == LIBRARY:
+        return (f"`{ch.path}` was filled on the first call by {site.library} library code ({site.location}) and left alone "
+                f"afterwards ({desc}): a lazily built cache that depends only on shapes is harmless; nothing to change in your code")
     if not per_call:
         return (f"`{ch.path}` was filled on the first call and left alone afterwards ({desc}): a lazily built cache is fine if it depends "
                 f"only on shapes or constants, not on input values; build it in `__init__` to make the model stateless")
