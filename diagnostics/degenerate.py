@@ -22,6 +22,11 @@ _CAUSES = {
 }
 
 
+#: Degeneracies under which a comparison's failure proves nothing: equal scores make any order (and any
+#: NMS choice) as right as another. A zero or tiny output that another variant changes is a real difference.
+ORDER_ARBITRARY = frozenset({"tied", "constant"})
+
+
 @dataclass(frozen=True)
 class Degenerate:
     """One output leaf that cannot support a comparison."""
@@ -132,6 +137,15 @@ def mark(result: Any, found: list[Degenerate]) -> Any:
         advice = ("these comparisons say little on such outputs: diagnose the model with trained weights (or inputs "
                   "that give varied outputs) before trusting this verdict")
         result.hint = f"{result.hint}; {advice}" if result.hint else advice
+    elif result.status == "fail" and any(d.kind in ORDER_ARBITRARY for d in found):
+        # Tied or constant scores leave the order (and NMS's choice) of what follows arbitrary: a difference
+        # there is the tie broken another way, not a fault the comparison can prove.
+        result.details["measured"] = result.summary
+        result.status = "warn"
+        result.summary = f"not judged reliably: {note}; measured: {result.summary}"
+        result.hint = ("tied or constant outputs make which item comes first arbitrary, so any two runs may differ: "
+                       "diagnose the model with trained weights (or inputs that give varied outputs)"
+                       + (f"; {result.hint}" if result.hint else ""))
     elif result.status == "fail":
         result.hint = f"{result.hint + '; ' if result.hint else ''}note: {note}"
     return result

@@ -68,6 +68,21 @@ def test_a_failure_keeps_failing_with_the_note_in_its_hint() -> None:
     assert result.hint.startswith("look; note: degenerate outputs: `output` is all zero")
 
 
+class _TiedScores(torch.nn.Module):
+    """Every score equal (a collapsed head): which row comes first is arbitrary."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(x.shape[0], 5) + 0.25
+
+
+def test_a_failure_on_tied_scores_is_not_judged_a_fault() -> None:
+    spec = CheckSpec(id="strict", family="mine", title="strict", compares_outputs=True,
+                     func=lambda ctx, opts: (ctx.reference, CheckResult.failed("boxes differ", hint="look"))[1])
+    result = run(Target(_TiedScores(), torch.randn(2, 3)), RunOptions(), checks=[spec]).result("strict")
+    assert result.status == WARN and result.summary.startswith("not judged reliably: degenerate outputs")
+    assert "measured: boxes differ" in result.summary and "arbitrary" in result.hint
+
+
 def test_clean_outputs_are_not_flagged_and_checks_that_do_not_compare_outputs_are_left_alone() -> None:
     report = torch_diagnose.diagnose(rc.clean(), checks=["fp16"])
     assert report.result("fp16").status == PASS and "degenerate_outputs" not in report.result("fp16").metrics

@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 import os
 import sys
+from typing import Dict, List
 
 import pytest
 import torch
@@ -90,7 +91,7 @@ def test_trace_of_a_numpy_round_trip_fails_naming_numpy() -> None:
 
 
 def test_untraceable_outputs_are_a_failure_not_an_error() -> None:
-    r = check("torchscript", faulty.non_tensor_outputs())
+    r = check("torchscript", faulty.non_tensor_outputs(), script=False)  # with script, a warning naming that route
     assert r.status == FAIL, r.explain()
     assert "non-tensor outputs" in r.summary and "`[1]` (str)" in r.summary
     assert r.metrics["export_failed"] is True
@@ -313,3 +314,19 @@ def test_torch_compile_clean_model_passes() -> None:
     r = check("torch_compile", em.dict_heads(), backend="aot_eager")
     assert r.status == PASS, r.explain()
     assert r.metrics["graphs"] == 1 and r.metrics["graph_breaks"] == 0
+
+
+class _DictsPerSample(torch.nn.Module):
+    """Returns a list of dicts (as torchvision detection does): a trace refuses it, torch.jit.script does not."""
+
+    def forward(self, x: torch.Tensor) -> List[Dict[str, torch.Tensor]]:
+        out: List[Dict[str, torch.Tensor]] = []
+        for i in range(x.shape[0]):
+            out.append({"y": x[i] * 2.0})
+        return out
+
+
+def test_an_untraceable_model_that_scripts_exactly_is_a_warning_with_the_route() -> None:
+    r = check("torchscript", (_DictsPerSample(), torch.randn(2, 3)), repro=False)
+    assert r.status == WARN, r.explain()
+    assert r.summary.startswith("torch.jit.script works and matches eager") and "script instead of trace" in r.summary
