@@ -37,7 +37,9 @@ def dynamo_logs() -> Iterator[LogGrab]:
 
     grab = LogGrab()
     hooked: list[logging.Logger] = []
+    disabled = logging.root.manager.disable  # a library or test may have silenced logging: records must still reach us
     try:
+        logging.disable(logging.NOTSET)
         torch._logging.set_logs(graph_breaks=True, recompiles=True)
         loggers = [logging.getLogger("torch")] + [lg for name, lg in logging.root.manager.loggerDict.items()
                                                   if name.startswith("torch") and isinstance(lg, logging.Logger)]
@@ -45,7 +47,7 @@ def dynamo_logs() -> Iterator[LogGrab]:
             torch_handlers = [h for h in lg.handlers if _internal._is_torch_handler(h)]
             for h in torch_handlers:
                 lg.removeHandler(h)
-            if torch_handlers or lg.name == "torch":
+            if torch_handlers or lg.name == "torch" or lg.name.endswith(("__graph_breaks", "__recompiles")):
                 lg.addHandler(grab)
                 hooked.append(lg)
     except Exception:
@@ -53,6 +55,7 @@ def dynamo_logs() -> Iterator[LogGrab]:
     try:
         yield grab
     finally:
+        logging.disable(disabled)
         for lg in hooked:
             lg.removeHandler(grab)
         try:

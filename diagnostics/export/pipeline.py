@@ -16,6 +16,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 import warnings
 import weakref
 from dataclasses import dataclass, field
@@ -68,13 +69,24 @@ def deadline(seconds: float) -> Iterator[bool]:
     def alarm(_signum: int, _frame: Any) -> None:
         raise OverBudget(f"over the {seconds:g} s budget")
 
+    outer = signal.getitimer(signal.ITIMER_REAL)  # the runner's per-check timeout, if one is running
+    started = time.monotonic()
     previous = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds, 0.5)
+    signal.setitimer(signal.ITIMER_REAL, min(seconds, outer[0]) if outer[0] else seconds, 0.5)
     try:
         yield True
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        # Block the alarm while tearing down: a late one must not escape from here with our handler left in place.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            if signal.SIGALRM in signal.sigpending():
+                signal.sigwait({signal.SIGALRM})  # ours, late: consume it, never hand it to `previous`
+            signal.signal(signal.SIGALRM, previous)
+            if outer[0]:  # give the runner's timeout back, less the time spent here (at least a moment)
+                signal.setitimer(signal.ITIMER_REAL, max(outer[0] - (time.monotonic() - started), 0.01), outer[1])
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
 
 
 def optional_groups(sweep: Sweep) -> list[str]:
