@@ -320,15 +320,6 @@ def test_comparison_summary_metrics() -> None:
 # --- fp64 ratio rule and calibration ---------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def mlp_outputs() -> dict[str, torch.Tensor]:
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.Tanh(), torch.nn.Linear(128, 32)).eval()
-    x = randn(16, 64)
-    with torch.no_grad():
-        return {"fp32": model(x), "fp64": copy.deepcopy(model).double()(x.double())}
-
-
 def test_ratio_rule_passes_fp16_rounding_and_fails_gross_error(mlp_outputs: dict[str, torch.Tensor]) -> None:
     fp32, fp64 = mlp_outputs["fp32"], mlp_outputs["fp64"]
     scale = eps(torch.float16) / eps(torch.float32)

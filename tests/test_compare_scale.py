@@ -3,7 +3,6 @@ would pass an export that is 50% wrong; the comparison core caps it at a fractio
 reference's RMS, and the fp32-vs-fp64 calibration does the same."""
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
@@ -13,15 +12,6 @@ from torch_diagnose.compare import Tolerance, atol_fraction, calibrated_toleranc
 
 def randn(*shape: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-
-
-@pytest.fixture(scope="module")
-def mlp_outputs() -> dict[str, torch.Tensor]:
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.Tanh(), torch.nn.Linear(128, 32)).eval()
-    x = randn(16, 64)
-    with torch.no_grad():
-        return {"fp32": model(x), "fp64": copy.deepcopy(model).double()(x.double())}
 
 
 @pytest.mark.parametrize("scale", [1.0, 1e-8])
