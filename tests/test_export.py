@@ -330,3 +330,18 @@ def test_an_untraceable_model_that_scripts_exactly_is_a_warning_with_the_route()
     r = check("torchscript", (_DictsPerSample(), torch.randn(2, 3)), repro=False)
     assert r.status == WARN, r.explain()
     assert r.summary.startswith("torch.jit.script works and matches eager") and "script instead of trace" in r.summary
+
+
+class _TinyBakedBatch(torch.nn.Module):
+    """Outputs of size ~1e-8 (random-weight scale) and `int(x.shape[0])` that a trace bakes in: at batch 3 the
+    trace divides by 2, so it is 50% off; a fixed atol of 1e-5 would have called that a match."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = int(x.shape[0])
+        return x * 1e-8 / n
+
+
+def test_tiny_outputs_no_longer_hide_a_baked_batch_size() -> None:
+    r = check("torchscript", (_TinyBakedBatch(), torch.randn(2, 8)), repro=False)
+    assert r.status == FAIL, r.explain()
+    assert "batch" in r.summary and r.metrics["cases_mismatch"] >= 1
