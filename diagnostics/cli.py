@@ -11,7 +11,7 @@ import textwrap
 from typing import Any, Sequence
 
 from .errors import UsageError
-from .options import OPTION_DEFS, RunOptions, pyproject_defaults
+from .options import OPTION_DEFS, RunOptions, pyproject_defaults, pyproject_names
 
 EPILOG = textwrap.dedent("""\
     targets:
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("spec", nargs="?", help="the target to diagnose (see targets below)")
     parser.add_argument("--list-checks", action="store_true", help="list the available checks and their options, then exit")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    parser.add_argument("-q", "--quiet", action="store_true", help="one line per check, without culprit and hint lines under it")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only one line per check (status, check, summary): no header, table, counts or report paths")
     for d in OPTION_DEFS:
         names = [d.cli_flag] + ([d.short] if d.short else [])
         if d.flag:
@@ -80,11 +80,12 @@ def list_checks(stream: Any = sys.stdout) -> None:
 
 def parse_options(args: argparse.Namespace) -> RunOptions:
     raw: dict[str, Any] = dict(pyproject_defaults())
+    names = pyproject_names(raw)
     for d in OPTION_DEFS:
         value = getattr(args, d.name, None)
         if value is not None:
-            raw[d.name] = value
-    return RunOptions.from_mapping(raw)
+            raw[d.name], names[d.name] = value, d.cli_flag
+    return RunOptions.from_mapping(raw, names)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -132,7 +133,7 @@ def _run(spec: str, options: RunOptions, *, quiet: bool) -> int:
     target = load_target_for(spec, options)
     reporters: list[Any] = file_reporters(options)
     paths = [str(r.path) for r in reporters]
-    reporters.append(TerminalReporter(stream=sys.stdout, verbose=not quiet, report_paths=paths))
+    reporters.append(TerminalReporter(stream=sys.stdout, verbose=not quiet, quiet=quiet, report_paths=paths))
     report = run(target, options, reporters=reporters, checks=checks)
     if report.interrupted:
         return 130

@@ -243,8 +243,12 @@ class RunOptions:
     debug: bool = False
 
     @classmethod
-    def from_mapping(cls, values: dict[str, Any]) -> "RunOptions":
-        """Parse raw values (strings from a command line or a pyproject table) by name."""
+    def from_mapping(cls, values: dict[str, Any], names: dict[str, str] | None = None) -> "RunOptions":
+        """Parse raw values (strings from a command line or a pyproject table) by name.
+
+        names: how the user spelt each option (`{"input_shape": "--diagnose-input-shape"}`), so an error
+        names what they typed; an option missing from it is named by its CLI flag.
+        """
         defs = {d.name: d for d in OPTION_DEFS}
         kwargs: dict[str, Any] = {}
         for name, raw in values.items():
@@ -255,7 +259,7 @@ class RunOptions:
                 raise UsageError(f"unknown option {name!r}; known: {', '.join(defs)}")
             if raw is None:
                 continue
-            kwargs[key] = _parse_one(defs[key], raw)
+            kwargs[key] = _parse_named(defs[key], raw, (names or {}).get(key))
         return cls(**kwargs)
 
     def check_options(self, check_id: str) -> dict[str, Any]:
@@ -263,6 +267,19 @@ class RunOptions:
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _parse_named(d: OptionDef, raw: Any, name: str | None) -> Any:
+    """`_parse_one`, with an error that names the option as the user gave it, once (no chained traceback)."""
+    try:
+        return _parse_one(d, raw)
+    except UsageError as exc:
+        message, name = str(exc), name or d.cli_flag
+        if d.cli_flag in message:
+            message = message.replace(d.cli_flag, name)
+        elif name not in message:
+            message = f"{name}: {message}"
+        raise UsageError(message) from None
 
 
 def _parse_one(d: OptionDef, raw: Any) -> Any:
@@ -282,6 +299,11 @@ def _parse_one(d: OptionDef, raw: Any) -> Any:
     if d.parse is not None:
         return d.parse(raw)
     return raw
+
+
+def pyproject_names(table: dict[str, Any]) -> dict[str, str]:
+    """How errors name options that came from `[tool.diagnose]` (see `RunOptions.from_mapping`)."""
+    return {key: f"pyproject.toml [tool.diagnose] {'options' if key == 'option' else key}" for key in table}
 
 
 def find_pyproject(start: str | os.PathLike[str] | None = None) -> Path | None:

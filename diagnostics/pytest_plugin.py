@@ -72,9 +72,9 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     session = SessionState(config)
     config.stash[STATE] = session
-    if session.spec:
+    if session.spec or session.flags_given():
         try:
-            session.options  # surface a malformed --diagnose-* option as a usage error now
+            session.options  # surface a malformed --diagnose-* option as a usage error now, naming that flag
         except UsageError as exc:
             raise pytest.UsageError(f"torch-diagnose: {exc}") from None
     config.pluginmanager.register(check_fixtures(), "torch_diagnose_check_fixtures")

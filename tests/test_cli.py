@@ -78,6 +78,7 @@ def test_fail_on_warn_and_error(tmp_path) -> None:
         (["demo", "--input-shape", "2,x"], "malformed --input-shape"),
         (["demo", "-o", "determinism.bogus=1"], "no option 'bogus'"),
         (["demo", "--device", "tpu"], "--device must be"),
+        (["demo", "--seed", "x"], "--seed: expected a whole number, got 'x'"),
         ([], "a target is required"),
     ],
 )
@@ -88,6 +89,23 @@ def test_bad_usage_exits_2_with_one_line(args: list[str], needle: str) -> None:
     assert len(lines) == 1, proc.stderr
     assert needle in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_quiet_prints_one_line_per_check_and_nothing_else(tmp_path) -> None:
+    proc = diagnose("tests/models/faulty.py:functional_dropout", "--checks", "determinism,eval_mode", "-q",
+                    "--report-dir", str(tmp_path), "--format", "json")
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2, proc.stdout
+    assert sorted(line.split()[:2] for line in lines) == [["FAIL", "determinism"], ["PASS", "eval_mode"]]
+    assert all(len(line.split(None, 2)) == 3 for line in lines), "each line carries the check's summary"
+    assert "reports:" not in proc.stdout and "culprit:" not in proc.stdout and (tmp_path / "diagnose.json").exists()
+
+
+def test_a_bad_pyproject_value_names_its_table(tmp_path) -> None:
+    (tmp_path / "pyproject.toml").write_text('[tool.diagnose]\nfail_on = "never"\n')
+    proc = diagnose("demo", cwd=tmp_path)
+    assert proc.returncode == 2 and "pyproject.toml [tool.diagnose] fail_on must be warn, fail or error" in proc.stderr
 
 
 def test_factory_that_raises_and_syntax_error(tmp_path) -> None:

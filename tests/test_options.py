@@ -143,6 +143,17 @@ def test_run_options_errors() -> None:
         RunOptions.from_mapping({"device": "tpu"})
 
 
+def test_errors_name_the_option_as_the_user_gave_it() -> None:
+    with pytest.raises(UsageError) as info:
+        RunOptions.from_mapping({"input_shape": "2,x"}, {"input_shape": "--diagnose-input-shape"})
+    assert str(info.value).startswith("malformed --diagnose-input-shape '2,x'") and "--input-shape" not in str(info.value)
+    assert info.value.__cause__ is None and info.value.__suppress_context__, "one message, no chained traceback"
+    with pytest.raises(UsageError, match=r"^--diagnose-seed: expected a whole number, got 'x'$"):
+        RunOptions.from_mapping({"seed": "x"}, {"seed": "--diagnose-seed"})
+    with pytest.raises(UsageError, match=r"^--seed: expected a whole number"):
+        RunOptions.from_mapping({"seed": "x"})
+
+
 PYPROJECT = """\
 [project]
 name = "served-model"

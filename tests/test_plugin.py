@@ -272,12 +272,25 @@ def test_unknown_check_is_a_usage_error(project: pytest.Pytester) -> None:
     result = _run(project, "plain", "--diagnose-model", "pt_models.py:clean_model", "--diagnose-checks", "eval_mode,no_such_check")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "unknown check or family 'no_such_check'" in result.stderr.str()
+    result = _run(project, "plain", "--diagnose-model", "pt_models.py:clean_model", "--diagnose-checks", "determinsm")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR and "did you mean 'determinism'?" in result.stderr.str()
 
 
 def test_malformed_option_is_a_usage_error(project: pytest.Pytester) -> None:
     result = _run(project, "plain", "--diagnose-model", "pt_models.py:clean_model", "--diagnose-device", "tpu")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert "--device must be cpu, cuda, cuda:N or auto" in result.stderr.str()
+    assert "--diagnose-device must be cpu, cuda, cuda:N or auto" in result.stderr.str()
+
+
+@pytest.mark.parametrize("with_model", [True, False])
+def test_a_malformed_option_names_the_pytest_flag_once(project: pytest.Pytester, with_model: bool) -> None:
+    project.makepyfile(test_pt_any="def test_any():\n    pass\n")
+    model = ("--diagnose-model", "pt_models.py:clean_model") if with_model else ("test_pt_any.py",)
+    result = _run(project, "plain", *model, "--diagnose-input-shape", "2,x")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    err = result.stderr.str()
+    assert err.count("malformed --diagnose-input-shape '2,x'") == 1 and "--input-shape" not in err
+    assert "During handling" not in err and "Traceback" not in err
 
 
 def test_a_target_that_cannot_load_fails_each_item_with_the_reason(project: pytest.Pytester) -> None:

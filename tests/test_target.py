@@ -326,3 +326,9 @@ def test_coerce_target_accepts_the_three_forms_and_names_the_source() -> None:
         coerce_target([model, x], source="api")
     with pytest.raises(TargetError, match="not a torch.nn.Module"):
         Target(model=lambda t: t, name="fn")
+
+
+def test_hub_specs_dispatch_and_are_named_in_the_empty_spec_message(tmp_path: Path) -> None:
+    message = bad_spec(" ")
+    assert "timm:NAME" in message and "hf:FOLDER" in message
+    assert "has no config.json" in bad_spec(f"hf:{tmp_path}")  # hf: goes to hub.py, not to the module loader

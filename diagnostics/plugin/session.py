@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from ..errors import UsageError
-from ..options import OPTION_DEFS, RunOptions, pyproject_defaults
+from ..options import OPTION_DEFS, RunOptions, pyproject_defaults, pyproject_names
 from ..results import SEVERITY, SKIP, CheckResult
 
 #: Run options whose values do not change what a Context computes (kept out of its cache key).
@@ -51,14 +51,23 @@ class SessionState:
 
     # -- options ------------------------------------------------------------------------------
     def raw_options(self) -> dict[str, Any]:
+        return self._raw_and_names()[0]
+
+    def _raw_and_names(self) -> tuple[dict[str, Any], dict[str, str]]:
+        """[tool.diagnose] overlaid with --diagnose-* flags, and how an error names each (the flag typed)."""
         if self._pyproject is None:
             self._pyproject = dict(pyproject_defaults(self.config.rootpath))
         raw: dict[str, Any] = dict(self._pyproject)
+        names = pyproject_names(raw)
         for d in OPTION_DEFS:
             value = self.config.getoption("diagnose_" + d.name)
             if value is not None:
-                raw[d.name] = value
-        return raw
+                raw[d.name], names[d.name] = value, d.pytest_flag
+        return raw, names
+
+    def flags_given(self) -> bool:
+        """Whether any --diagnose-* run option was given (then a malformed one is a usage error at start-up)."""
+        return any(self.config.getoption("diagnose_" + d.name) is not None for d in OPTION_DEFS)
 
     @property
     def options(self) -> RunOptions:
@@ -74,7 +83,9 @@ class SessionState:
         return self._build(run_overrides, check_overrides)
 
     def _build(self, run_overrides: dict[str, Any], check_overrides: dict[str, dict[str, Any]]) -> RunOptions:
-        options = RunOptions.from_mapping({**self.raw_options(), **run_overrides})
+        raw, names = self._raw_and_names()
+        names.update({key: f"@pytest.mark.diagnose({key}=...)" for key in run_overrides})
+        options = RunOptions.from_mapping({**raw, **run_overrides}, names)
         merged = {k: dict(v) for k, v in options.option.items()}
         if self.config.getoption("golden_update"):
             merged.setdefault(GOLDEN, {})["update"] = True

@@ -2,15 +2,23 @@
 
 On GitHub Actions the writer also prints workflow annotations for fail/error/warn, so findings show
 on the pull request next to the culprit's line. Both happen once, at the end of the run.
+
+A PR comment must not show the runner's file system: absolute paths under the project root (GITHUB_WORKSPACE,
+else the folder of the nearest pyproject.toml, else the working directory) are written relative to it,
+library paths as `package/file.py`, and the model class by its plain name (no `<locals>` or loader alias).
 """
 from __future__ import annotations
 
+import functools
 import html
 import os
 import re
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..locate.code import short_path
+from ..options import find_pyproject
 from ..results import ERROR, FAIL, PASS, SKIP, WARN, CheckResult, format_value
 from ..rootcause import group
 from .wording import consequence_line, run_counts, target_name
@@ -21,6 +29,51 @@ if TYPE_CHECKING:  # pragma: no cover
 STATUS_LABEL = {PASS: "✅ pass", WARN: "⚠️ warn", FAIL: "❌ fail", SKIP: "⏭️ skip", ERROR: "💥 error"}
 _CODE_SPAN = re.compile(r"(`+)(.+?)\1", re.S)
 _PROSE_SPECIALS = re.compile(r"([\\*_\[\]|`])")
+#: An absolute POSIX path inside prose: starts at a "/" not preceded by a word, a dot, a colon or a slash
+#: (so `https://x`, `3/4` and `a/b` stay), and stops before whitespace, quotes, brackets and `:LINE`.
+_ABS_PATH = re.compile(r"(?<![\w.:/~\\-])/[^\s`'\"|()<>\[\],;:]+")
+
+
+@functools.lru_cache(maxsize=8)
+def _root_for(cwd: str, workspace: str | None) -> str:
+    if workspace and os.path.isabs(workspace):
+        return os.path.realpath(workspace)
+    pyproject = find_pyproject(cwd)
+    return os.path.realpath(pyproject.parent if pyproject else cwd)
+
+
+def project_root() -> str:
+    """The folder paths are shown relative to: GITHUB_WORKSPACE, the nearest pyproject.toml's folder, the cwd."""
+    return _root_for(os.getcwd(), os.environ.get("GITHUB_WORKSPACE"))
+
+
+def relative_path(path: str, root: str | None = None) -> str:
+    """An absolute path as a reader of the project sees it: relative under `root`, `package/file.py` for
+    libraries (locate's policy), unchanged otherwise."""
+    root = root or project_root()
+    for candidate in (path, os.path.realpath(path)):
+        if candidate == root or candidate.startswith(root.rstrip(os.sep) + os.sep):
+            return Path(os.path.relpath(candidate, root)).as_posix()
+    shown = short_path(path)
+    return shown if not os.path.isabs(shown) else path
+
+
+def relative_paths(text: Any) -> str:
+    """Every absolute path in `text` rewritten by `relative_path` (hints, summaries, tracebacks, locations)."""
+    text = "" if text is None else str(text)
+    if "/" not in text:
+        return text
+    root = project_root()
+    return _ABS_PATH.sub(lambda m: relative_path(m.group(0), root), text)
+
+
+def class_name(qualified: Any) -> str:
+    """`pkg.mod.Net` stays; `_diagnose_target_x.Net`, `__main__.Net` and `f.<locals>.Net` become `Net`."""
+    text = str(qualified)
+    parts = text.split(".")
+    if any(p.startswith("_") or "<" in p for p in parts[:-1]):
+        return parts[-1]
+    return text
 
 
 def _prose(text: str) -> str:
@@ -34,7 +87,7 @@ def md_inline(text: Any, *, table: bool = False) -> str:
 
     In a table cell a pipe must be escaped even inside a code span (GFM splits cells first).
     """
-    text = "" if text is None else str(text)
+    text = relative_paths(text)
     out, pos = [], 0
     for m in _CODE_SPAN.finditer(text):
         out.append(_prose(text[pos:m.start()]))
@@ -47,7 +100,7 @@ def md_inline(text: Any, *, table: bool = False) -> str:
 
 def md_code(text: Any, *, table: bool = False) -> str:
     """Literal text as a code span, with a fence longer than any backtick run inside it."""
-    text = re.sub(r"\s*[\r\n]+\s*", " ", str(text))
+    text = re.sub(r"\s*[\r\n]+\s*", " ", relative_paths(text))
     fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
     pad = " " if text.startswith("`") or text.endswith("`") else ""
     body = text.replace("|", r"\|") if table else text
@@ -55,6 +108,7 @@ def md_code(text: Any, *, table: bool = False) -> str:
 
 
 def _fenced(text: str, lang: str = "text") -> str:
+    text = relative_paths(text)
     fence = "`" * max(3, max((len(run) + 1 for run in re.findall(r"`{3,}", text)), default=0))
     return f"{fence}{lang}\n{text.rstrip()}\n{fence}"
 
@@ -74,7 +128,7 @@ def render_markdown(run: "RunReport", *, final: bool = True) -> str:
     env = run.environment
     facts += [f"{k} {env[k]}" for k in ("torch", "python", "device") if env.get(k)]
     if run.target.get("model_class"):
-        facts.insert(0, md_code(run.target["model_class"]))
+        facts.insert(0, md_code(class_name(run.target["model_class"])))
     lines += [" · ".join(f for f in facts if f), ""]
     if run.interrupted:
         lines += ["**interrupted: partial results** (the run was stopped before every check finished)", ""]
@@ -176,18 +230,15 @@ def _escape_property(text: str) -> str:
 
 def _split_location(location: str | None) -> tuple[str | None, str | None]:
     """"path:line" -> (path, line); a path alone -> (path, None). Absolute paths inside the
-    checkout become relative, because GitHub attaches annotations to repository paths only."""
+    checkout (GITHUB_WORKSPACE) become relative, because GitHub attaches annotations to repository paths only."""
     if not location:
         return None, None
     path, sep, line = location.rpartition(":")
     if not (sep and line.isdigit() and path):
         path, line = location, ""
-    workspace = os.environ.get("GITHUB_WORKSPACE")
-    if workspace and os.path.isabs(path):
+    if os.path.isabs(path):
         try:
-            rel = os.path.relpath(path, workspace)
-            if not rel.startswith(".."):
-                path = rel
+            path = relative_path(path)
         except ValueError:  # another drive on Windows
             pass
     return path, line or None
@@ -210,7 +261,7 @@ def annotation(result: CheckResult) -> str | None:
         message.append(f"culprit: {result.culprit}")
     if result.hint:
         message.append(f"hint: {result.hint}")
-    return f"::{level} {','.join(props)}::{_escape_data(chr(10).join(message))}"
+    return f"::{level} {','.join(props)}::{_escape_data(relative_paths(chr(10).join(message)))}"
 
 
 class MarkdownWriter:

@@ -33,16 +33,19 @@ class TerminalReporter:
     """Prints one line per finished check and a summary table at the end.
 
     verbose: also print the culprit, location and hint under every warn/fail/error line.
+    quiet: print only one line per finished check (status, check, one-line summary): no header, no
+    progress line, no notes, no summary table, no counts line and no report paths (`diagnose -q`).
     report_paths: the report files to list at the end; by default the files of run.options'
     report_dir/format that this run wrote (modified since it started).
     """
 
     def __init__(self, stream: TextIO | None = None, color: bool | None = None, verbose: bool = False,
-                 report_paths: Sequence[str | os.PathLike[str]] | None = None) -> None:
+                 report_paths: Sequence[str | os.PathLike[str]] | None = None, quiet: bool = False) -> None:
         self.stream: TextIO = stream if stream is not None else sys.stderr
         self.tty = _is_tty(self.stream)
         self.color = color if color is not None else (self.tty and not os.environ.get("NO_COLOR"))
-        self.verbose = verbose
+        self.verbose = verbose and not quiet
+        self.quiet = quiet
         self.report_paths = list(report_paths) if report_paths is not None else None
         self._id_width = 0
         self._pending = False
@@ -70,16 +73,20 @@ class TerminalReporter:
     # -- Reporter protocol -------------------------------------------------------------------
     def start(self, run: "RunReport", checks: "list[CheckSpec]") -> None:
         self._id_width = max((len(c.id) for c in checks), default=0)
-        self._print(f"diagnose {target_name(run)}: {len(checks)} check{'' if len(checks) == 1 else 's'}")
+        if not self.quiet:
+            self._print(f"diagnose {target_name(run)}: {len(checks)} check{'' if len(checks) == 1 else 's'}")
 
     def check_started(self, spec: "CheckSpec") -> None:
-        if self.tty:
+        if self.tty and not self.quiet:
             self._print(f"  running {spec.id} ...", end="")
             self._pending = True
 
     def check_finished(self, result: CheckResult, run: "RunReport") -> None:
         status = self._paint(result.status, f"{result.status.upper():<5}")
-        line = f"  {status}  {result.check:<{self._id_width}}  ({result.duration_s:.1f} s)  {squash(result.summary)}"
+        if self.quiet:
+            line = f"{status}  {result.check:<{self._id_width}}  {squash(result.summary)}"
+        else:
+            line = f"  {status}  {result.check:<{self._id_width}}  ({result.duration_s:.1f} s)  {squash(result.summary)}"
         if result.caused_by and not result.summary.startswith(("not judged", "a consequence")):
             line += f" (a consequence of {result.caused_by})"
         self._print(line)
@@ -92,6 +99,8 @@ class TerminalReporter:
                 self._print(f"{indent}hint: {squash(result.hint)}")
 
     def finish(self, run: "RunReport") -> None:
+        if self.quiet:
+            return
         for note in run.notes:
             self._print(f"note: {squash(note)}")
         if run.results:

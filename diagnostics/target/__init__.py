@@ -5,6 +5,8 @@ Spec forms (`diagnose SPEC`):
   path/to/file.py:factory           a factory in a Python file
   package.module:factory            a factory in an importable module
   torchvision:NAME[?weights=W]      a torchvision model in eval mode, seeded random weights unless W is given
+  timm:NAME[?pretrained=true&K=V]   a timm model in eval mode (K=V: create_model kwargs); cached weights only
+  hf:FOLDER_OR_ID                   a transformers model from a save_pretrained folder or the local hub cache
   model.pt / model.ts               a TorchScript archive (torch.jit.load)
   model.pt2                         a torch.export ExportedProgram (torch.export.load)
   model.pt / model.pth              a pickled full model: only with trust_pickle=True
@@ -13,6 +15,7 @@ A factory may return a `Target`, an `nn.Module`, or `(module, example_inputs)`. 
 
 * `base`  — `Target`, `coerce_target`, `finish_target` (example inputs synthesised or guessed).
 * `load`  — specs: `load_target`, `load_target_for` (under the run's seed), `split_factory`.
+* `hub`   — `timm:` and `hf:` specs (optional packages; nothing is downloaded).
 * `files` — model files: TorchScript, torch.export, torch.save.
 * `samples` — example inputs derived from samples through the reference pipeline (`Target.setup_notes` says so).
 """

@@ -1,5 +1,5 @@
-"""Target specs turned into Targets: demo, file.py:factory, module:factory, torchvision:NAME and
-model files (see the package docstring for the forms)."""
+"""Target specs turned into Targets: demo, file.py:factory, module:factory, torchvision:NAME,
+timm:NAME, hf:FOLDER_OR_ID (hub.py) and model files (see the package docstring for the forms)."""
 from __future__ import annotations
 
 import importlib
@@ -32,7 +32,7 @@ def load_target(
     """Turn a spec into a `Target`, or raise `TargetError` with one line that says what to fix."""
     spec = spec.strip()
     if not spec:
-        raise TargetError("empty target spec: give demo, file.py:factory, module:factory, torchvision:NAME or a model file")
+        raise TargetError("empty target spec: give demo, file.py:factory, module:factory, torchvision:NAME, timm:NAME, hf:FOLDER or a model file")
     if spec == "demo":
         from ..demo import demo_target
 
@@ -41,6 +41,11 @@ def load_target(
         return finish_target(target, spec, input_shape, input_dtype)
     if spec.startswith("torchvision:"):
         return finish_target(_from_torchvision(spec), spec, input_shape, input_dtype)
+    if spec.startswith(("timm:", "hf:")):
+        from .hub import from_hf, from_timm
+
+        loader = from_timm if spec.startswith("timm:") else from_hf
+        return finish_target(loader(spec), spec, input_shape, input_dtype)
     path_part, _, factory = split_factory(spec)
     if path_part.endswith(".py"):
         return finish_target(_from_file(path_part, factory, spec), spec, input_shape, input_dtype)
