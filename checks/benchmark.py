@@ -90,7 +90,8 @@ def _matrix(ctx: Context, batch: int, opts: CheckOptions, eager: TimingStats) ->
         "variant": "eager", "p50_ms": 1e3 * eager.p50, "p99_ms": 1e3 * eager.p99, "speedup": 1.0, "max_error": 0.0,
         "size_mb": model_bytes(ctx.model) / 1e6, "verdict": "reference", "recommended": False, "note": "",
     }]
-    for variant in ctx.variants.values():
+    for i, variant in enumerate(ctx.variants.values(), 1):
+        ctx.progress(f"timing variant {i}/{len(ctx.variants)}: {variant.name}")
         row: dict[str, Any] = {"variant": variant.name, "verdict": variant.verdict or "unjudged", "recommended": False,
                                "size_mb": variant.size_bytes / 1e6 if variant.size_bytes else None, "note": variant.note,
                                "source_check": variant.source_check}
@@ -214,6 +215,7 @@ def _per_batch(ctx: Context, opts: CheckOptions, dims: Any, example: int) -> tup
     per_batch: dict[int, TimingStats] = {}
     rejected: dict[int, str] = {}
     for size in _batch_sizes(ctx, opts, example):
+        ctx.progress(f"timing eager at batch {size}")
         batch = batch_of(ctx.inputs, size, dims)
         try:
             per_batch[size] = _time(lambda b=batch: ctx.forward(b), ctx, opts.min_time_s, opts.max_time_s)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "Target", "CheckResult", "SkipCheck", "UsageError", "TargetError", "RunOptions",
-    "diagnose", "run_check", "load_target", "PASS", "WARN", "FAIL", "SKIP", "ERROR",
+    "diagnose", "run_check", "load_target", "record", "PASS", "WARN", "FAIL", "SKIP", "ERROR",
 ]
 
 
@@ -35,6 +35,10 @@ def __getattr__(name: str) -> Any:
         from .target import load_target
 
         return load_target
+    if name == "record":
+        from .crosscheck.recording import record
+
+        return record
     if name == "RunOptions":
         from .options import RunOptions
 

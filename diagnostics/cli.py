@@ -27,6 +27,15 @@ EPILOG = textwrap.dedent("""\
       diagnose my_model.py:make_model --input-shape 1,3,224,224 --checks determinism,eval_mode
       diagnose torchvision:mobilenet_v3_small --skip onnx -o determinism.repeats=3 --fail-on warn
       diagnose --list-checks
+      diagnose compare my_model.py:make_model exported/model.onnx      troubleshoot your own artifact
+
+    compare (troubleshoot an artifact built elsewhere):
+      diagnose compare REFERENCE CANDIDATE [options]
+        REFERENCE: any target above. CANDIDATE: an .onnx file (ONNX Runtime), a TorchScript or .pt2 file,
+        another target (e.g. the same factory loading another checkpoint), or recorded inputs/outputs
+        (.npz, or a .pt from torch_diagnose.record(model, inputs, path)). Runs the compare check over the
+        reference's inputs swept as the export checks sweep them, and names the first ONNX node, module,
+        parameter or program node where the candidate parts from the reference.
 
     exit codes: 0 ok, 1 a check failed (or reached --fail-on), 2 bad usage or target, 130 interrupted.
     Defaults can be set in [tool.diagnose] of the nearest pyproject.toml.
@@ -46,11 +55,33 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("spec", nargs="?", help="the target to diagnose (see targets below)")
+    parser.add_argument("spec", nargs="?", help="the target to diagnose (see targets below), or `compare REFERENCE CANDIDATE`")
     parser.add_argument("--list-checks", action="store_true", help="list the available checks and their options, then exit")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
+    _add_run_options(parser)
+    return parser
+
+
+def build_compare_parser() -> argparse.ArgumentParser:
+    """`diagnose compare REFERENCE CANDIDATE [options]`: the compare check (plus any --checks named)."""
+    parser = _Parser(
+        prog="diagnose compare",
+        description="Compare an artifact built elsewhere (ONNX file, TorchScript or .pt2 file, another checkpoint, "
+        "recorded outputs) with the reference model over swept inputs, and name where they part ways.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("spec", metavar="REFERENCE", help="the reference target (see targets below)")
+    parser.add_argument("candidate", metavar="CANDIDATE", help="an .onnx, TorchScript or .pt2 file, another target spec, "
+                        "or recorded inputs/outputs (.npz/.pt)")
+    _add_run_options(parser, skip=("compare",))
+    return parser
+
+
+def _add_run_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="print only one line per check (status, check, summary): no header, table, counts or report paths")
     for d in OPTION_DEFS:
+        if d.name in skip:
+            continue
         names = [d.cli_flag] + ([d.short] if d.short else [])
         if d.flag:
             parser.add_argument(*names, dest=d.name, action="store_true", default=None, help=d.help)
@@ -59,7 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             shown = f"{d.help} (default: {d.default})" if d.default not in (None, False) else d.help
             parser.add_argument(*names, dest=d.name, default=None, metavar=d.metavar or d.name.upper(), help=shown)
-    return parser
 
 
 def list_checks(stream: Any = sys.stdout) -> None:
@@ -89,8 +119,12 @@ def parse_options(args: argparse.Namespace) -> RunOptions:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    compare = bool(argv) and argv[0] == "compare"
+    parser = build_compare_parser() if compare else build_parser()
+    args = parser.parse_args(argv[1:] if compare else argv)
+    if compare:
+        args.compare, args.version, args.list_checks = args.candidate, False, False
     debug = bool(args.debug)
     try:
         if args.version:
@@ -131,6 +165,10 @@ def _run(spec: str, options: RunOptions, *, quiet: bool) -> int:
 
     checks = select_checks(options.checks or None, options.skip or None)  # validate names before loading
     target = load_target_for(spec, options)
+    if options.compare:  # an unloadable candidate is bad usage (exit 2), found before any check runs
+        from .crosscheck.candidate import load_candidate
+
+        load_candidate(options.compare, options)
     reporters: list[Any] = file_reporters(options)
     paths = [str(r.path) for r in reporters]
     reporters.append(TerminalReporter(stream=sys.stdout, verbose=not quiet, quiet=quiet, report_paths=paths))

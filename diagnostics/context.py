@@ -16,6 +16,7 @@ import torch
 
 from . import inputs as inp
 from .options import RunOptions
+from .sharedwork import Progress, SharedWork, building_label
 from .target import Target
 
 
@@ -85,6 +86,10 @@ class Context:
         self._initial_buffers: dict[str, torch.Tensor] = {}
         #: Deployment variants built by checks, by name; the benchmark reuses them (never rebuilds).
         self.variants: dict[str, Variant] = {}
+        #: `ctx.progress("sweep case 3/12: ...")`: what a long check is doing now (a no-op unless the runner listens).
+        self.progress = Progress()
+        #: Seconds spent building shared things, charged to the check that asked first (see sharedwork.py).
+        self.shared_work = SharedWork()
         # What loading the target did on the user's behalf (example inputs derived from samples...).
         self.notes.extend(n for n in getattr(self.target, "setup_notes", ()) if n not in self.notes)
 
@@ -196,10 +201,12 @@ class Context:
 
     # -- shared expensive results -------------------------------------------------------------
     def cached(self, key: str, builder: Callable[[], Any]) -> Any:
-        """Build `key` once per run and share it; a builder that raised re-raises the same error."""
+        """Build `key` once per run and share it; a builder that raised re-raises the same error. Building a
+        shared thing (sharedwork.SHARED_WORK) is timed and charged to the running check as shared work."""
         if key not in self._cache:
             try:
-                self._cache[key] = ("ok", builder())
+                with self.shared_work.building(key), self.progress.during(_building(key)):
+                    self._cache[key] = ("ok", builder())
             except Exception as exc:  # remember failures too: an export that fails, fails once
                 self._cache[key] = ("error", exc)
         state, value = self._cache[key]
@@ -277,6 +284,11 @@ class Context:
             return calibrated_tolerances(self.reference, ref64.outputs)
 
         return self.cached("tolerances", build)
+
+
+def _building(key: str) -> str | None:
+    label = building_label(key)
+    return f"building the {label}" if label else None
 
 
 def grad_tensors(model: torch.nn.Module, depth: int = 3) -> list[tuple[str, torch.Tensor]]:

@@ -71,17 +71,28 @@ def run_check(spec: CheckSpec, ctx: Any, options: RunOptions, given: dict[str, A
     (see rootcause.py). A verdict that compared degenerate outputs says so (see degenerate.py)."""
     start = time.perf_counter()
     known = results if results is not None else {}
-    root = _blocked(spec, ctx, options, known)
-    if root is not None:
-        result = blocked_result(spec.id, spec.family, root)
-    else:
-        result = _run(spec, ctx, options, given)
-        result.check, result.family = spec.id, spec.family
-        result = settle(spec, ctx, result, known)
+    if hasattr(getattr(ctx, "progress", None), "phase"):
+        ctx.progress.phase = ""  # a new check starts with no phase of its own
+    with charged(ctx) as sheet:
+        root = _blocked(spec, ctx, options, known)
+        if root is not None:
+            result = blocked_result(spec.id, spec.family, root)
+        else:
+            result = _run(spec, ctx, options, given)
+            result.check, result.family = spec.id, spec.family
+            result = settle(spec, ctx, result, known)
     result.check = spec.id
     result.family = spec.family
     result.duration_s = time.perf_counter() - start
+    result.shared = {label: seconds for label, seconds in sorted(sheet.items(), key=lambda kv: -kv[1])}
+    result.shared_s = min(sum(sheet.values()), result.duration_s)
     return result
+
+
+def charged(ctx: Any) -> contextlib.AbstractContextManager[dict[str, float]]:
+    """The sheet on which the Context charges the shared work a check causes (empty for a stand-in Context)."""
+    work = getattr(ctx, "shared_work", None)
+    return work.charged() if work is not None else contextlib.nullcontext({})
 
 
 def _run(spec: CheckSpec, ctx: Any, options: RunOptions, given: dict[str, Any] | None) -> CheckResult:

@@ -171,6 +171,16 @@ def parse_latency(text: Any) -> str | None:
     return str(text)
 
 
+COMPARE_CHECK = "compare"
+
+
+def parse_candidate(text: Any) -> str | None:
+    """The compare candidate as given (a path or a target spec); loaded and judged by the compare check."""
+    if text is None or str(text).strip() == "":
+        return None
+    return str(text).strip()
+
+
 @dataclass(frozen=True)
 class OptionDef:
     """One run option: its CLI flag, its pytest flag (`--diagnose-` + name) and its parser."""
@@ -214,6 +224,9 @@ OPTION_DEFS: tuple[OptionDef, ...] = (
     OptionDef("timeout", "seconds each check may take before it ends as error", 600.0, parse_positive_float, metavar="S"),
     OptionDef("option", "a check's own option, CHECK.NAME=VALUE (repeatable), e.g. determinism.repeats=3", None, repeatable=True, short="-o", metavar="CHECK.NAME=VALUE"),
     OptionDef("debug", "show tracebacks for errors", False, flag=True),
+    OptionDef("compare", "a candidate to compare the target with (runs the compare check): an .onnx file, a TorchScript "
+                         "or .pt2 file, another target spec (e.g. the factory with another checkpoint), or recorded "
+                         "inputs/outputs (.npz/.pt)", None, parse_candidate, metavar="CANDIDATE"),
 )
 
 
@@ -241,6 +254,12 @@ class RunOptions:
     timeout: float = 600.0
     option: dict[str, dict[str, Any]] = field(default_factory=dict)
     debug: bool = False
+    compare: str | None = None
+
+    def __post_init__(self) -> None:
+        """A candidate brings its check: alone by default, added to the checks named."""
+        if self.compare and COMPARE_CHECK not in self.checks:
+            self.checks = [*self.checks, COMPARE_CHECK]
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any], names: dict[str, str] | None = None) -> "RunOptions":

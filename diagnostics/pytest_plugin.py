@@ -8,8 +8,9 @@ shared Context per target and process:
   named after its id (`-k onnx` selects it); each fails with the check's summary, culprit, hint,
   metrics and details. With test paths named, SPEC only feeds the fixtures. The run options are
   the CLI's (`OPTION_DEFS`), as `--diagnose-<name>`.
-* Fixtures: `diagnose_target`, `diagnose("onnx", **options)`, `golden(target=None, name=None)`
-  and one `check_<id>` per registered check.
+* Fixtures: `diagnose_target`, `diagnose("onnx", **options)`, `golden(target=None, name=None)`,
+  `compare(candidate, target=None)` and one `check_<id>` per registered check.
+* `--diagnose-compare CANDIDATE` adds the `compare` check (alone, unless --diagnose-checks names others).
 * Marker `@pytest.mark.diagnose(SPEC?, model=SPEC, <run option>=..., <check id>={...})`.
 * pytest-xdist: each worker loads the target lazily, once; results travel to the controller on
   the test reports, and only the controller (or the single process) writes `reports/`.
@@ -25,6 +26,7 @@ import pytest
 from .errors import UsageError
 from .options import OPTION_DEFS
 from .plugin import reports
+from .plugin.compare import compare  # noqa: F401 - a fixture pytest collects here
 from .plugin.fixtures import check_fixtures, diagnose, diagnose_target, golden  # noqa: F401 - fixtures pytest collects here
 from .plugin.items import add_generated_items
 from .plugin.session import STATE, SessionState, state

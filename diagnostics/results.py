@@ -36,6 +36,10 @@ class CheckResult:
               from the culprit when not given.
     caused_by: the id of the root check whose failure this result follows from (see rootcause.py);
               such a result is a consequence: it never counts as a failure of its own.
+    duration_s: wall time of the check, everything included (JUnit's `time`).
+    shared_s: the part of `duration_s` spent building things the Context shares with later checks
+              (fp32/fp64 reference, tolerances, the export sweep ...), charged to this check because it
+              asked first; `shared` names them with their seconds. `own_s` = duration_s - shared_s.
 
     A check reads as measure -> judge -> explain and ends with one of the constructors:
     `CheckResult.passed(summary, ...)`, `.warned(...)`, `.failed(...)`, `.skipped(reason)`.
@@ -52,6 +56,8 @@ class CheckResult:
     location: str | None = None
     family: str = ""
     caused_by: str | None = None
+    shared_s: float = 0.0
+    shared: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -82,6 +88,11 @@ class CheckResult:
         return self.culprit.label if self.culprit is not None else ""
 
     @property
+    def own_s(self) -> float:
+        """Seconds the check spent on its own work: its duration less the shared work charged to it."""
+        return max(self.duration_s - self.shared_s, 0.0)
+
+    @property
     def ok(self) -> bool:
         return self.status in (PASS, SKIP, WARN)
 
@@ -90,6 +101,7 @@ class CheckResult:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["culprit"] = self.culprit_label or None
         data["culprit_detail"] = self.culprit.to_dict() if self.culprit is not None else None
+        data["own_s"] = self.own_s
         return jsonable(data)
 
     @classmethod

@@ -11,12 +11,13 @@ the current check.
 """
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 from .errors import UsageError
 from .execute import cuda_skip, prepared_target, run_check
@@ -30,6 +31,7 @@ class Reporter(Protocol):
     def check_started(self, spec: CheckSpec) -> None: ...
     def check_finished(self, result: CheckResult, run: "RunReport") -> None: ...
     def finish(self, run: "RunReport") -> None: ...
+    # optional: `check_progress(spec, text)`, what the running check says it is doing (`ctx.progress(...)`)
 
 
 @dataclass
@@ -150,6 +152,7 @@ def run(
         "checks_s": check_s,
         "model_forward_s": ctx.stats.seconds,
         "model_forward_calls": ctx.stats.calls,
+        "shared_s": sum(r.shared_s for r in report.results),
         "runner_s": max(report.duration_s - check_s, 0.0),
     }
     for rep in reporters:
@@ -173,10 +176,11 @@ def _run_selected(selected: list[CheckSpec], target: Any, ctx: Any, options: Run
     """Run the checks in order, feeding each result to the reporters; returns the seconds spent in checks."""
     check_s = 0.0
     verdicts: dict[str, CheckResult] = {}  # so far, by id: what later checks' comparisons rely on (rootcause.py)
-    with _InterruptFlag() as interrupted:
+    with _InterruptFlag() as interrupted, _listening(ctx, reporters) as current:
         for spec in selected:
             if interrupted.set:
                 break
+            current[0] = spec
             for rep in reporters:
                 rep.check_started(spec)
             result = cuda_skip(spec, ctx)
@@ -194,6 +198,29 @@ def _run_selected(selected: list[CheckSpec], target: Any, ctx: Any, options: Run
                 rep.check_finished(result, report)
         report.interrupted = interrupted.set
     return check_s
+
+
+@contextlib.contextmanager
+def _listening(ctx: Any, reporters: list[Reporter]) -> Iterator[list[CheckSpec | None]]:
+    """Pass what the running check says (`ctx.progress(text)`) to the reporters that show progress; yields
+    the one-item list the loop keeps the running check in."""
+    current: list[CheckSpec | None] = [None]
+    listeners = [rep.check_progress for rep in reporters if callable(getattr(rep, "check_progress", None))]
+    progress = getattr(ctx, "progress", None)
+    if not listeners or progress is None or not hasattr(progress, "listener"):
+        yield current
+        return
+
+    def tell(text: str) -> None:
+        if current[0] is not None:
+            for listener in listeners:
+                listener(current[0], text)
+
+    before, progress.listener = progress.listener, tell
+    try:
+        yield current
+    finally:
+        progress.listener = before
 
 
 #: The Context cache key of the verdicts `run_one` gave on it (a pytest session shares one Context per model).

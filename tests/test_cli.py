@@ -198,3 +198,16 @@ def test_ci_runs_the_readme_test_command_verbatim() -> None:
     command = ci.strip().splitlines()[-1]
     assert command.startswith("python3 -m venv .venv") and "pytest" in command
     assert f"```bash\n{command}\n```" in readme
+
+
+def test_help_mentions_the_compare_subcommand():
+    proc = diagnose("--help")
+    assert proc.returncode == 0
+    assert "diagnose compare REFERENCE CANDIDATE" in proc.stdout
+
+
+def test_compare_subcommand_without_a_candidate_is_exit_2_with_one_line():
+    proc = diagnose("compare", "demo")
+    assert proc.returncode == 2
+    assert "REFERENCE, CANDIDATE" in proc.stderr or "CANDIDATE" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

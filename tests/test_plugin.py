@@ -101,8 +101,7 @@ def test_two_calls(golden):
 
 
 def _run(pytester: pytest.Pytester, mode: str, *args: str) -> pytest.RunResult:
-    if "--diagnose-model" in args:
-        args = ("--diagnose-format", "json", *args)  # the HTML report's plots cost seconds per run
+    args = ("--diagnose-format", "json", *args)  # every run with results writes reports; HTML's plots cost seconds
     if mode == "plain":
         return pytester.runpytest("-p", "no:xdist", "-p", "no:cacheprovider", *args)
     return pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "0" if mode == "n0" else "2", *args)
@@ -271,7 +270,7 @@ def test_named_test_files_get_the_target_but_no_generated_items(project: pytest.
 def test_unknown_check_is_a_usage_error(project: pytest.Pytester) -> None:
     result = _run(project, "plain", "--diagnose-model", "pt_models.py:clean_model", "--diagnose-checks", "eval_mode,no_such_check")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert "unknown check or family 'no_such_check'" in result.stderr.str()
+    assert "--diagnose-checks: unknown check or family 'no_such_check'" in result.stderr.str()
     result = _run(project, "plain", "--diagnose-model", "pt_models.py:clean_model", "--diagnose-checks", "determinsm")
     assert result.ret == pytest.ExitCode.USAGE_ERROR and "did you mean 'determinism'?" in result.stderr.str()
 

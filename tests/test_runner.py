@@ -91,3 +91,83 @@ def test_isolated_crash_is_contained(tmp_path, monkeypatch) -> None:
     crash = report.result("crash_segfault")
     assert crash.status == ERROR and "SIGSEGV" in crash.summary
     assert report.result("eval_mode").status == PASS
+
+
+# -- progress within a check and shared work charged to the check that asked first ---------------------
+class _Sleepy(__import__("torch").nn.Module):
+    """Every forward takes 50 ms, so building the fp32 and fp64 references takes a measurable time."""
+
+    def __init__(self) -> None:
+        import torch
+
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        time.sleep(0.05)
+        return self.fc(x)
+
+
+def _asks_tolerances(ctx, opts):
+    ctx.progress("phase 1/2")
+    ctx.tolerances()
+    ctx.progress("phase 2/2")
+    return CheckResult(status=PASS, summary="ok")
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.said: list[tuple[str, str]] = []
+
+    def start(self, run, checks): ...
+    def check_started(self, spec): ...
+    def check_finished(self, result, run): ...
+    def finish(self, run): ...
+
+    def check_progress(self, spec, text: str) -> None:
+        self.said.append((spec.id, text))
+
+
+def test_shared_work_is_charged_to_the_first_check_that_asks() -> None:
+    import torch
+
+    torch.manual_seed(0)
+    rec = _Recorder()
+    report = run(Target(_Sleepy(), torch.randn(2, 4)), RunOptions(),
+                 checks=[_spec("first", _asks_tolerances), _spec("second", _asks_tolerances)], reporters=[rec])
+    first, second = report.result("first"), report.result("second")
+    assert {"fp32 reference", "fp64 reference"} <= set(first.shared), first.shared
+    assert first.shared["fp32 reference"] >= 0.04 and first.shared["fp64 reference"] >= 0.04
+    assert first.shared.get("calibrated tolerances", 0.0) < 0.04, "nested builds are charged once, to their own label"
+    assert first.shared_s == pytest.approx(sum(first.shared.values())) and first.shared_s <= first.duration_s
+    assert first.own_s == pytest.approx(first.duration_s - first.shared_s)
+    assert second.shared == {} and second.shared_s == 0.0 and second.own_s == second.duration_s
+    data = first.to_dict()
+    assert data["shared_s"] == first.shared_s and data["own_s"] == first.own_s and "fp64 reference" in data["shared"]
+    assert CheckResult.from_dict(data).shared == first.shared
+    assert report.overhead["shared_s"] == pytest.approx(first.shared_s)
+    # progress: the check's phases, the shared builds named while they run, then the phase that was showing
+    assert [text for check, text in rec.said if check == "first"] == [
+        "phase 1/2", "building the calibrated tolerances", "building the fp64 reference", "building the calibrated tolerances",
+        "building the fp32 reference", "building the calibrated tolerances", "phase 1/2", "phase 2/2"]
+    assert [text for check, text in rec.said if check == "second"] == ["phase 1/2", "phase 2/2"]
+
+
+def test_progress_is_a_no_op_without_a_listener() -> None:
+    import torch
+
+    from torch_diagnose.context import Context
+    from torch_diagnose.runner import run_one
+
+    ctx = Context(Target(*faulty.small_net()))
+    ctx.progress("nobody listens")  # no runner: nothing happens, nothing breaks
+    report = run(Target(*faulty.small_net()), RunOptions(), checks=[_spec("first", _asks_tolerances)], context=ctx,
+                 reporters=[_Recorder()])
+    assert report.result("first").status == PASS and ctx.progress.listener is None, "the runner removes its listener"
+
+    def boom(text: str) -> None:
+        raise RuntimeError("a face that cannot draw")
+
+    ctx.progress.listener = boom
+    ctx.progress("still fine")
+    assert torch.is_tensor(ctx.inputs) and run_one("eval_mode", ctx.target, context=ctx).status == PASS

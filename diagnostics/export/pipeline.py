@@ -310,6 +310,7 @@ def counterexample(ctx: Context, opts: CheckOptions, rv: Review) -> tuple[SweepC
         return None, None
     cex = None
     if opts.shrink:
+        ctx.progress(f"shrinking the mismatch at {failing.case.name} (up to {float(opts.shrink_budget_s):g} s)")
         try:
             cex = repro.shrink(ctx, rv.sweep, failing.case, rv.built.run, budget_s=float(opts.shrink_budget_s))
         except Exception as exc:  # shrinking is best effort; the mismatch stands
@@ -322,6 +323,8 @@ def counterexample(ctx: Context, opts: CheckOptions, rv: Review) -> tuple[SweepC
         case, actual, max_abs = failing.case, failing.actual, failing.max_abs or math.inf
         rv.details["counterexample"] = {"description": f"{failing.case.name} (not shrunk)",
                                         "inputs": describe_inputs(case.inputs, rv.sweep.names)}
+    if opts.repro:
+        ctx.progress("writing the repro bundle")
     folder = _write_bundle(ctx, rv, case, actual, max_abs) if opts.repro else None
     return case, folder
 

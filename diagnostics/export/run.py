@@ -185,14 +185,20 @@ def evaluate(ctx: Any, sweep: Sweep, run: Callable[[Any], Any], *, artifact: str
     """
     start = time.perf_counter()
     results: list[CaseResult] = []
-    for case in cases if cases is not None else sweep.cases:
+    todo = list(cases if cases is not None else sweep.cases)
+    progress = getattr(ctx, "progress", None) or (lambda text: None)
+    for i, case in enumerate(todo, 1):
+        progress(f"{artifact}: sweep case {i}/{len(todo)}: {case.name}")
         if case.ensure_expected(ctx):
             results.append(_run_case(ctx, case, run))
     done = {id(r.case) for r in results}
     suspects = {name for r in results if r.status != "ok" and r.case.kind == "shape" and len(r.case.sizes) > 1 for name in r.case.sizes}
     for name in [g.name for g in sweep.groups if g.name in suspects]:
         for case in sweep.group_cases.get(name, []):
-            if id(case) not in done and case.ensure_expected(ctx):
+            if id(case) in done:
+                continue
+            progress(f"{artifact}: dimension {name} alone: {case.name}")
+            if case.ensure_expected(ctx):
                 results.append(_run_case(ctx, case, run))
                 done.add(id(case))
     groups = [_group_verdict(g, results, artifact) for g in sweep.groups if g.dynamic or g.required]

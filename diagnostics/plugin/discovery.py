@@ -23,18 +23,30 @@ def discover_checks() -> dict[str, str]:
     """check id -> documentation, read from `@register("id", ...)` decorators in the providers'
     source without importing them. Checks already imported are taken from the registry as well
     (those registered dynamically included)."""
-    found: dict[str, str] = {}
+    return {check_id: doc for check_id, (doc, _family) in _discover().items()}
+
+
+def known_names() -> set[str]:
+    """Every check id and family name found, torch-free: `--diagnose-checks` is checked against
+    these at start-up (the registry, which imports torch, decides only about names not found here)."""
+    found = _discover()
+    return set(found) | {family for _doc, family in found.values() if family}
+
+
+def _discover() -> dict[str, tuple[str, str]]:
+    """check id -> (documentation, family), from the providers' source and the registry."""
+    found: dict[str, tuple[str, str]] = {}
     for provider in check_providers():
         for path in _module_files(provider):
             try:
                 text = path.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError):
                 continue
-            for check_id, doc in _checks_in_source(text):
-                found.setdefault(check_id, doc)
+            for check_id, doc, family in _checks_in_source(text):
+                found.setdefault(check_id, (doc, family))
     for check_id, spec in registered_checks().items():
         options = [(o.name, o.type.__name__, repr(o.default), o.help) for o in spec.options]
-        found.setdefault(check_id, _doc_with_options(spec.doc, options))
+        found.setdefault(check_id, (_doc_with_options(spec.doc, options), spec.family))
     return found
 
 
@@ -76,7 +88,7 @@ def _module_files(name: str) -> list[Path]:
     return _spec_files(_find_spec(name))
 
 
-def _checks_in_source(text: str) -> list[tuple[str, str]]:
+def _checks_in_source(text: str) -> list[tuple[str, str, str]]:
     """Parse only each `@register(...)` decorator with its function's signature and docstring: a
     whole check module takes ~10x longer to parse. A snippet that does not parse falls back to
     parsing the whole file."""
@@ -96,7 +108,7 @@ def _checks_in_source(text: str) -> list[tuple[str, str]]:
     return entries
 
 
-def _checks_in_tree(text: str) -> list[tuple[str, str]]:
+def _checks_in_tree(text: str) -> list[tuple[str, str, str]]:
     try:
         tree = ast.parse(text)
     except SyntaxError:
@@ -104,8 +116,8 @@ def _checks_in_tree(text: str) -> list[tuple[str, str]]:
     return _registered(ast.walk(tree), text)
 
 
-def _registered(nodes: Any, text: str) -> list[tuple[str, str]]:
-    """The (check id, documentation) of every `@register(...)`-decorated function among `nodes`."""
+def _registered(nodes: Any, text: str) -> list[tuple[str, str, str]]:
+    """The (check id, documentation, family) of every `@register(...)`-decorated function among `nodes`."""
     entries = []
     for node in nodes:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -128,7 +140,7 @@ def _constant(text: str, name: str) -> ast.expr | None:
 
 
 def _register_call(dec: ast.expr, func: ast.FunctionDef | ast.AsyncFunctionDef,
-                   constant: Callable[[str], ast.expr | None]) -> tuple[str, str] | None:
+                   constant: Callable[[str], ast.expr | None]) -> tuple[str, str, str] | None:
     if not isinstance(dec, ast.Call) or not dec.args:
         return None
     callee = dec.func
@@ -136,13 +148,18 @@ def _register_call(dec: ast.expr, func: ast.FunctionDef | ast.AsyncFunctionDef,
     first = dec.args[0]
     if name != "register" or not isinstance(first, ast.Constant) or not isinstance(first.value, str):
         return None
-    title = next((kw.value.value for kw in dec.keywords if kw.arg == "title" and isinstance(kw.value, ast.Constant)), "")
+    title = _keyword(dec, "title")
     doc = ast.get_docstring(func) or str(title)
     options = []
     for kw in dec.keywords:
         if kw.arg == "options" and isinstance(kw.value, (ast.Tuple, ast.List)):
             options += [_option(opt, constant) for opt in kw.value.elts if isinstance(opt, ast.Call) and len(opt.args) >= 3]
-    return first.value, _doc_with_options(doc, options)
+    return first.value, _doc_with_options(doc, options), _keyword(dec, "family")
+
+
+def _keyword(dec: ast.Call, name: str) -> str:
+    """A string keyword of the decorator (`title=`, `family=`), or "" when absent or not a literal."""
+    return next((str(kw.value.value) for kw in dec.keywords if kw.arg == name and isinstance(kw.value, ast.Constant)), "")
 
 
 def _option(opt: ast.Call, constant: Callable[[str], ast.expr | None]) -> tuple[str, str, str, str]:

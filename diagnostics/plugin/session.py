@@ -16,7 +16,7 @@ from ..options import OPTION_DEFS, RunOptions, pyproject_defaults, pyproject_nam
 from ..results import SEVERITY, SKIP, CheckResult
 
 #: Run options whose values do not change what a Context computes (kept out of its cache key).
-NOT_CONTEXT = ("checks", "skip", "option", "report_dir", "format", "fail_on", "debug", "isolate", "timeout")
+NOT_CONTEXT = ("checks", "skip", "option", "report_dir", "format", "fail_on", "debug", "isolate", "timeout", "compare")
 GOLDEN = "golden"
 
 STATE = pytest.StashKey["SessionState"]()
@@ -48,6 +48,8 @@ class SessionState:
         self._initial_training: weakref.WeakKeyDictionary[Any, dict[str, bool]] = weakref.WeakKeyDictionary()
         self._described: dict[int, tuple[Any, dict[str, Any], dict[str, Any]]] = {}
         self.payloads: list[dict[str, Any]] = []
+        #: The report files the controller (or the single process) wrote at the end of the session.
+        self.report_paths: list[str] = []
 
     # -- options ------------------------------------------------------------------------------
     def raw_options(self) -> dict[str, Any]:
@@ -86,6 +88,8 @@ class SessionState:
         raw, names = self._raw_and_names()
         names.update({key: f"@pytest.mark.diagnose({key}=...)" for key in run_overrides})
         options = RunOptions.from_mapping({**raw, **run_overrides}, names)
+        for key in ("checks", "skip"):
+            check_names(getattr(options, key), names.get(key, f"--diagnose-{key}"), include=key == "checks")
         merged = {k: dict(v) for k, v in options.option.items()}
         if self.config.getoption("golden_update"):
             merged.setdefault(GOLDEN, {})["update"] = True
@@ -200,7 +204,8 @@ class SessionState:
             result = run_one(check_id, target, options, context=ctx, **given)
         described_target, env = self.describe(ctx)
         payload = {"result": result.to_dict(), "order": spec.order, "title": spec.title, "nodeid": node.nodeid,
-                   "generated": generated, "target": described_target, "environment": env}
+                   "generated": generated, "target": described_target, "environment": env,
+                   "worker": os.environ.get("PYTEST_XDIST_WORKER"), "variants": published(ctx, check_id)}
         payload = json.loads(json.dumps(payload, default=str))  # plain types only: xdist's execnet sends it
         node.stash.setdefault(PENDING, []).append(payload)
         node.user_properties.extend(properties(result))
@@ -243,6 +248,32 @@ class SessionState:
         except ValueError:
             rel = file_part
         return rel + sep + rest
+
+
+def check_names(names: list[str] | None, flag: str, *, include: bool) -> None:
+    """A misspelt check or family name is a usage error at start-up, naming the flag it came from
+    and the closest match, once. Names are looked up torch-free in the checks' source; only a name
+    not found there asks the registry (which imports torch and knows checks registered at run time)."""
+    unknown = [n.strip() for n in names or [] if n.strip() and n.strip() not in ("all", "default")]
+    if not unknown:
+        return
+    from .discovery import known_names
+
+    if set(unknown) <= known_names():
+        return
+    from ..registry import select_checks
+
+    try:
+        select_checks(unknown, None) if include else select_checks(None, unknown)
+    except UsageError as exc:
+        raise UsageError(f"{flag}: {exc}") from None
+
+
+def published(ctx: Any, check_id: str) -> list[dict[str, Any]]:
+    """The deployment variants this check published in its Context (name, verdict, error, size), so
+    the controller can tell which of them a benchmark on another xdist worker never saw."""
+    return [{"name": v.name, "verdict": v.verdict, "max_error": v.max_error, "size_bytes": v.size_bytes,
+             "source_check": v.source_check} for v in ctx.variants.values() if v.source_check == check_id]
 
 
 def properties(result: CheckResult) -> list[tuple[str, Any]]:

@@ -4,24 +4,24 @@ A check describes a plot as data, never draws it: `details["plot"]` is one dict 
 `{"kind": "line"|"bar"|"barh", "title", "x", "series": {name: [y, ...]}, "xlabel", "ylabel", "logy"}`:
 `x` and `xlabel` are the categories (or x values), `series` and `ylabel` the values, for every kind
 (a barh draws the categories down the y axis and the values along x). `"always": true` draws it
-for a passing check too (otherwise plots are drawn for warn, fail and error only).
+for a passing check too (otherwise plots are drawn for warn, fail and error only). A barh may carry
+`"status": ["ok"|"mismatch"|"raised", ...]` and `"messages"` per category (a sweep: values of raised cases
+are None); an export sweep plot is completed from `details["cases"]` when it lacks them (`with_sweep_cases`).
 That keeps checks free of matplotlib and keeps the JSON report the complete record.
 
-matplotlib is imported here only, lazily, and through its object API (Figure + Agg canvas, no
+matplotlib is imported in plot_draw.py only, lazily, and through its object API (Figure + Agg canvas, no
 pyplot): no global backend switch, no state shared with the user's own plotting.
 """
 from __future__ import annotations
 
-import base64
-import io
-import math
 from typing import TYPE_CHECKING, Any
+
+from .plot_draw import KINDS
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..results import CheckResult
     from ..runner import RunReport
 
-KINDS = ("line", "bar", "barh")
 #: More plots than this per check would bloat the HTML without helping anyone read it.
 MAX_PLOTS_PER_CHECK = 12
 
@@ -39,77 +39,32 @@ def plot_title(spec: dict[str, Any], fallback: str = "plot") -> str:
     return str(spec.get("title") or fallback)
 
 
-def _number(value: Any) -> float:
-    """A y value as a float; unusable values (None, "nan" strings from a JSON round trip) become NaN."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
 def render_plot(spec: dict[str, Any]) -> str:
     """Draw one plot description and return it as a `data:image/png;base64,...` URI.
 
     Raises ImportError when matplotlib is missing and ValueError for a malformed description;
     the caller decides how to say so.
     """
-    import matplotlib  # noqa: F401  (imported first so a missing or blocked matplotlib fails here)
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from .plot_draw import draw
 
-    kind = spec.get("kind", "line")
-    if kind not in KINDS:
-        raise ValueError(f"unknown plot kind {kind!r}; expected one of {', '.join(KINDS)}")
+    return draw(spec)
+
+
+def with_sweep_cases(spec: dict[str, Any], details: dict[str, Any] | None) -> dict[str, Any]:
+    """An export sweep plot redrawn from every case in `details["cases"]`, the ones that raised and the
+    exact matches included (the plot a check recorded may list only the cases with a nonzero difference)."""
+    cases = (details or {}).get("cases")
+    if spec.get("kind") != "barh" or "status" in spec or not isinstance(cases, list):
+        return spec
+    rows = [c for c in cases if isinstance(c, dict) and "case" in c and "status" in c]
     series = spec.get("series")
-    if not isinstance(series, dict) or not series:
-        raise ValueError("a plot needs a non-empty 'series' mapping of name -> list of values")
-    ys = {str(name): [_number(v) for v in values] for name, values in series.items()}
-    length = max(len(v) for v in ys.values())
-    x = list(spec.get("x") or range(length))
-    for name, values in ys.items():
-        if len(values) != len(x):
-            raise ValueError(f"series {name!r} has {len(values)} values but x has {len(x)}")
-
-    fig = Figure(figsize=(6.4, 3.6), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    if kind == "line":
-        for name, values in ys.items():
-            ax.plot(x if _all_numbers(x) else [str(v) for v in x], values, marker="o" if len(x) <= 30 else None,
-                    markersize=3, label=name)
-    else:
-        positions = list(range(len(x)))
-        width = 0.8 / len(ys)
-        for i, (name, values) in enumerate(ys.items()):
-            shifted = [p - 0.4 + width * (i + 0.5) for p in positions]
-            if kind == "bar":
-                ax.bar(shifted, values, width=width, label=name)
-            else:
-                ax.barh(shifted, values, height=width, label=name)
-        labels = [str(v) for v in x]
-        if kind == "bar":
-            ax.set_xticks(positions, labels, rotation=45 if len(x) > 6 else 0, ha="right" if len(x) > 6 else "center")
-        else:
-            ax.set_yticks(positions, labels)
-            ax.invert_yaxis()  # first item on top, as in the table next to it
-    if spec.get("logy"):
-        (ax.set_xscale if kind == "barh" else ax.set_yscale)("log")
-    ax.set_title(plot_title(spec, ""))
-    category_label, value_label = str(spec.get("xlabel") or ""), str(spec.get("ylabel") or "")
-    if kind == "barh":  # horizontal bars: categories run down the y axis, values along x
-        category_label, value_label = value_label, category_label
-    ax.set_xlabel(category_label)
-    ax.set_ylabel(value_label)
-    ax.grid(True, alpha=0.3)
-    if len(ys) > 1:
-        ax.legend(fontsize="small")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _all_numbers(values: list[Any]) -> bool:
-    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    if not rows or not isinstance(series, dict) or len(series) != 1:
+        return spec
+    if not {str(v) for v in spec.get("x") or []} <= {str(c["case"]) for c in rows}:
+        return spec
+    values = [None if c["status"] == "raised" else c.get("max_abs") for c in rows]
+    return {**spec, "x": [c["case"] for c in rows], "series": {next(iter(series)): values},
+            "status": [str(c["status"]) for c in rows], "messages": [str(c.get("message") or "") for c in rows]}
 
 
 def drawn_for(result: "CheckResult", spec: dict[str, Any]) -> bool:
@@ -126,7 +81,7 @@ def render_result_plots(result: "CheckResult") -> list[tuple[str, str | None, st
     for i, spec in enumerate(specs[:MAX_PLOTS_PER_CHECK]):
         title = plot_title(spec, f"plot {i + 1}")
         try:
-            out.append((title, render_plot(spec), None))
+            out.append((title, render_plot(with_sweep_cases(spec, result.details)), None))
         except ImportError:
             out.append((title, None, "plot skipped: matplotlib is not installed"))
         except Exception as exc:  # a bad plot description must never cost the report
