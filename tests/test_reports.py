@@ -319,6 +319,7 @@ def test_terminal_plain_output(tmp_path: Path) -> None:
 
 
 def test_terminal_tty_colour_interrupt_and_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CI", raising=False)  # the transient line is for a person's terminal, not CI
     (tmp_path / "diagnose.json").write_text("{}")
     tty = FakeTTY()
     drive([TerminalReporter(stream=tty, report_paths=[tmp_path / "diagnose.json", tmp_path / "missing.xml"])],
