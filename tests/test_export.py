@@ -187,6 +187,11 @@ def test_onnx_of_declared_seq_pinned_by_a_loop_fails() -> None:
     assert r.status == FAIL, r.explain()
     assert r.culprit_label == "input `x` dim 1 (seq)"
     assert "Got invalid dimensions" in r.summary
+    plot = r.details["plot"]  # the JSON's plot is the whole sweep: raised cases are None with their message
+    assert plot["x"] == [c["case"] for c in r.details["cases"]] and "raised" in plot["status"]
+    raised = plot["status"].index("raised")
+    assert plot["series"]["max |artifact - eager|"][raised] is None and plot["messages"][raised]
+    assert all(v is None or v >= 0 for v in plot["series"]["max |artifact - eager|"])
 
 
 def test_onnx_export_failure_is_a_finding_with_the_line() -> None:
@@ -345,3 +350,20 @@ def test_tiny_outputs_no_longer_hide_a_baked_batch_size() -> None:
     r = check("torchscript", (_TinyBakedBatch(), torch.randn(2, 8)), repro=False)
     assert r.status == FAIL, r.explain()
     assert "batch" in r.summary and r.metrics["cases_mismatch"] >= 1
+
+
+def test_a_swallowed_budget_alarm_still_ends_over_budget() -> None:
+    """The alarm can land where Python swallows it (a gc callback, library `except BaseException`):
+    the budget verdict must not depend on that (CI once saw the export finish 'in budget')."""
+    import time
+
+    from torch_diagnose.export.pipeline import OverBudget, deadline
+
+    with pytest.raises(OverBudget, match="caught on exit"):
+        with deadline(0.01):
+            try:
+                time.sleep(0.1)
+            except OverBudget:
+                pass  # what a gc callback does with it
+    with deadline(5.0) as armed:  # a body in budget passes untouched
+        assert armed

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..export.onnx_tools import NodeDivergence, expose_intermediates, first_divergence, fx_values, input_dims
+from ..export.onnx_tools import NodeDivergence, expose_intermediates, first_divergence, fx_values, input_dims, node_scope
 from ..export.pipeline import quiet
 from ..inputs import as_args_kwargs
 from ..locate.code import frames_in_text, pick
@@ -165,3 +165,42 @@ def initializer_diff(model: torch.nn.Module, proto: Any) -> list[tuple[str, floa
         elif value.size and float(np.abs(value.astype(np.float64) - expected).max()) > 0:
             found.append((init.name, float(np.abs(value.astype(np.float64) - expected).max())))
     return sorted(found, key=lambda item: -item[1])
+
+
+def _node_module_path(model: torch.nn.Module, node: Any) -> str | None:
+    scope = node_scope(node)
+    if scope is not None:
+        return scope.name
+    found = legacy_module(model, node.name) if node.name.startswith("/") else None
+    return found[0] if found else None
+
+
+def owned_initializer_diff(model: torch.nn.Module, proto: Any, module_path: str) -> list[tuple[str, str, float]]:
+    """Initializers the exporter renamed (`val_80`: a Linear's weight stored transposed for MatMul)
+    used by the nodes of the diverging module, against that module's own parameters as stored or
+    transposed: (initializer, parameter, max abs difference) for each that differs. Only the
+    diverging module is searched: there a weight that differs explains the divergence, while
+    elsewhere a renamed initializer may legitimately be a folded constant."""
+    from onnx import numpy_helper
+
+    module = submodule(model, module_path)
+    if module is None:
+        return []
+    params = {f"{module_path}.{n}" if module_path else n: p.detach().cpu().double().numpy()
+              for n, p in module.named_parameters(recurse=False)}
+    named = set(model.state_dict())
+    inits = {i.name: i for i in proto.graph.initializer if i.name not in named}
+    found: dict[str, tuple[str, float]] = {}
+    for node in proto.graph.node:
+        if _node_module_path(model, node) != module_path:
+            continue
+        for name in (i for i in node.input if i in inits and i not in found):
+            value = numpy_helper.to_array(inits[name]).astype(np.float64)
+            diffs = [(float(np.abs(value - view).max()) if value.size else 0.0, pname + suffix)
+                     for pname, ref in params.items()
+                     for view, suffix in ((ref, ""), (ref.T, " (stored transposed)"))
+                     if view.shape == value.shape and (suffix == "" or ref.ndim == 2)]
+            if diffs:
+                best = min(diffs)
+                found[name] = (best[1], best[0])
+    return [(name, pname, m) for name, (pname, m) in found.items() if m > 0]

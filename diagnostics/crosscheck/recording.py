@@ -140,3 +140,12 @@ def fit_outputs(recorded: Any, reference: Any) -> Any:
         values = got
     it = iter(values)
     return map_leaves(reference, lambda leaf: next(it) if isinstance(leaf, torch.Tensor) else leaf)
+
+
+def unmatched_outputs(recorded: Any, reference: Any) -> list[str]:
+    """Recorded output names the reference does not return (a key/value cache recorded with
+    use_cache=True, an extra head): said in the verdict, never silently dropped."""
+    if not isinstance(recorded, dict):
+        return []
+    ref_leaves = {k for k, v in flatten(reference).items() if isinstance(v, torch.Tensor)}
+    return [k for k in recorded if k not in ref_leaves] if all(k in recorded for k in ref_leaves) else []

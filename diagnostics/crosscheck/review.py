@@ -51,11 +51,13 @@ def _built(ctx: Context, cand: Candidate, sweep: Sweep) -> Built:
 
 def _localise_onnx(ctx: Context, cand: Candidate, inputs: Any, rv: Review) -> None:
     """The first diverging node and its module, and initializers that are not the model's parameters."""
-    from .localise_onnx import initializer_diff, locate
+    from .localise_onnx import initializer_diff, locate, owned_initializer_diff
 
     f, details = rv.findings, rv.details
     div = locate(ctx.model, cand, inputs, rv.sweep.names, details)
     inits = initializer_diff(ctx.model, cand.obj)
+    if div is not None and div.module is not None:  # weights the exporter renamed, inside the diverging module
+        inits += [(f"{name}` = `{pname}", m) for name, pname, m in owned_initializer_diff(ctx.model, cand.obj, div.module.name)]
     details["initializers_differing"] = [{"name": n, "max_abs": m} for n, m in inits[:50]]
     edited = (f"; initializer{'s' if len(inits) > 1 else ''} differing from the model's parameters: "
               + ", ".join(f"`{n}` (by {m:.3g})" for n, m in inits[:3])) if inits else ""
@@ -149,7 +151,7 @@ def compare_recording(ctx: Context, cand: Candidate) -> CheckResult:
     when the recording holds module outputs."""
     from ..export.run import judge
     from . import localise_params as lp
-    from .recording import fit_inputs, fit_outputs
+    from .recording import fit_inputs, fit_outputs, unmatched_outputs
 
     rec = cand.obj
     inputs = to_device(fit_inputs(rec.inputs, ctx.inputs, input_names(ctx.inputs, ctx.model)), ctx.device)
@@ -163,12 +165,17 @@ def compare_recording(ctx: Context, cand: Candidate) -> CheckResult:
     details: dict[str, Any] = {"candidate": {"spec": cand.spec, "kind": "recording", "module_outputs": rec.modules is not None},
                                "outputs": [{"leaf": leaf.name, **leaf.metrics()} for leaf in cmp.leaves]}
     n = len(cmp.leaves)
+    extra = unmatched_outputs(rec.outputs, case.expected)
+    left = (f"; {plural(len(extra), 'recorded output')} the reference does not return, not compared: "
+            f"{', '.join(extra[:4])}{' ...' if len(extra) > 4 else ''}" if extra else "")
+    if extra:
+        details["recorded_not_compared"] = extra
     if cmp.passed:
-        return CheckResult.passed(f"{cand.title} match the reference on the recorded inputs ({cmp.describe()}; {plural(n, 'output')})",
-                                  metrics=metrics, details=details)
+        return CheckResult.passed(f"{cand.title} match the reference on the recorded inputs ({cmp.describe()}; "
+                                  f"{plural(n, 'output')}){left}", metrics=metrics, details=details)
     text = f"{cand.title} differ from the reference on the recorded inputs: {cmp.describe()}"
     if rec.modules is None:
-        return CheckResult.failed(text, metrics=metrics, details=details,
+        return CheckResult.failed(text + left, metrics=metrics, details=details,
                                   hint="record with torch_diagnose.record(model, inputs, path) to localise: it also saves every "
                                        "module's output, so the first module whose output moved can be named")
     div = lp.first_moving_recorded(ctx.model, inputs, rec.modules)
@@ -178,6 +185,6 @@ def compare_recording(ctx: Context, cand: Candidate) -> CheckResult:
         text = (f"{cand.title} differ from the reference on the recorded inputs: first module whose output moved: {div.label} "
                 f"(by {div.max_abs:.3g}, its input unchanged); {cmp.describe()}")
         details["first_moving_module"] = div.label
-    return CheckResult.failed(text, culprit=culprit, metrics=metrics, details=details,
+    return CheckResult.failed(text + left, culprit=culprit, metrics=metrics, details=details,
                               hint="the recorded model computes differently from here on: compare that module's weights and "
                                    "code in the two versions" if div is not None else None)

@@ -229,17 +229,29 @@ def values_differ(a: np.ndarray, b: np.ndarray, rel: float = 1e-3) -> tuple[bool
     return m > rel * scale + 1e-30 and m > 0, m, r
 
 
-def _reference_for(reference: dict[str, Any], node: Any, index: int, name: str) -> np.ndarray | None:
-    """The exported program's value of an ONNX value: by name, else through the node's FX node."""
+_AUTO_VALUE = re.compile(r"val_\d+")
+
+
+def _reference_for(reference: dict[str, Any], node: Any, index: int, name: str, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The exported program's value of an ONNX value: by name, else through the node's FX node.
+
+    The FX fallback is for a value that lost its FX name (a node replaced by hand, another exporter
+    version). The dynamo exporter decomposes one FX node into several ONNX nodes that all carry its
+    metadata (a Concat building `expand`'s shape, the MatMul before `linear`'s bias Add), and names
+    their partial results `val_N`: those are never the FX node's value, so they are not compared.
+    A fallback value must also have the FX value's shape."""
     if name in reference:
         return to_numpy(reference[name])
     fx = fx_node_name(node)
-    if not fx or fx not in reference:
+    if not fx or fx not in reference or _AUTO_VALUE.fullmatch(name):
         return None
     val = reference[fx]
     if isinstance(val, (tuple, list)):
-        return to_numpy(val[index]) if index < len(val) else None
-    return to_numpy(val) if index == 0 else None
+        val = val[index] if index < len(val) else None
+    elif index:
+        val = None
+    found = to_numpy(val) if val is not None else None
+    return found if found is not None and tuple(found.shape) == tuple(shape) else None
 
 
 def _inputs_agree(node: Any, onnx_vals: dict[str, Any], ref_by_value: dict[str, np.ndarray]) -> bool:
@@ -270,7 +282,7 @@ def first_divergence(
     for node in proto.graph.node:
         outputs = []
         for i, out in enumerate(node.output):
-            ref = _reference_for(reference, node, i, out) if out and out in onnx_vals else None
+            ref = (_reference_for(reference, node, i, out, np.shape(onnx_vals[out])) if out and out in onnx_vals else None)
             if ref is not None:
                 ref_by_value[out] = ref
                 outputs.append((out, onnx_vals[out], ref))

@@ -61,7 +61,9 @@ class OverBudget(BaseException):
 @contextlib.contextmanager
 def deadline(seconds: float) -> Iterator[bool]:
     """Raise OverBudget in the main thread after `seconds` (SIGALRM), and again every 0.5 s in case
-    library code swallowed it; yields False where no alarm can be set."""
+    library code swallowed it; yields False where no alarm can be set. A body that still ends past
+    `seconds` (the alarm landed in a gc callback or an `except BaseException`, which swallow it) raises
+    OverBudget on exit, so the verdict never depends on where the signal happened to land."""
     if not (0 < seconds < math.inf) or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
         yield False
         return
@@ -73,8 +75,10 @@ def deadline(seconds: float) -> Iterator[bool]:
     started = time.monotonic()
     previous = signal.signal(signal.SIGALRM, alarm)
     signal.setitimer(signal.ITIMER_REAL, min(seconds, outer[0]) if outer[0] else seconds, 0.5)
+    finished = False
     try:
         yield True
+        finished = True
     finally:
         # Block the alarm while tearing down: a late one must not escape from here with our handler left in place.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
@@ -87,6 +91,8 @@ def deadline(seconds: float) -> Iterator[bool]:
                 signal.setitimer(signal.ITIMER_REAL, max(outer[0] - (time.monotonic() - started), 0.01), outer[1])
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
+    if finished and time.monotonic() - started > seconds:
+        raise OverBudget(f"over the {seconds:g} s budget (the alarm was swallowed; caught on exit)")
 
 
 def optional_groups(sweep: Sweep) -> list[str]:

@@ -107,9 +107,13 @@ class SweepOutcome:
         }
 
     def plot(self, title: str) -> dict[str, Any]:
-        ran = [r for r in self.results if r.max_abs is not None and math.isfinite(r.max_abs)]
-        return {"kind": "barh", "title": title, "x": [r.case.name for r in ran],
-                "series": {"max |artifact - eager|": [max(r.max_abs, 1e-12) for r in ran]},
+        """Every case, as it ended: raised ones carry None and their message, exact matches 0 (the
+        report draws them as marked points, never as bars at an invented floor)."""
+        values = [None if r.status == "raised" or r.max_abs is None or not math.isfinite(r.max_abs) else r.max_abs
+                  for r in self.results]
+        return {"kind": "barh", "title": title, "x": [r.case.name for r in self.results],
+                "series": {"max |artifact - eager|": values},
+                "status": [r.status for r in self.results], "messages": [r.message[:200] for r in self.results],
                 "xlabel": "sweep case", "ylabel": "max abs difference", "logy": True}
 
 
