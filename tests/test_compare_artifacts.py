@@ -95,6 +95,7 @@ def art(tmp_path_factory) -> Path:
         torch.onnx.export(model, (x,), str(folder / "legacy.onnx"), dynamo=False, input_names=["x"],
                           dynamic_axes={"x": {0: "batch"}})
         torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes=({0: "batch"},)).save(str(folder / "dynamo.onnx"))
+        torch.onnx.export(model, (x[:1],), str(folder / "static_b1.onnx"), dynamo=False)  # a batch-1 deployment file
         proto = onnx.load(str(folder / "legacy.onnx"))
         _relu_to_leaky(proto)
         onnx.save(proto, str(folder / "legacy_leaky.onnx"))
@@ -243,3 +244,49 @@ def test_pytest_face_flag_and_fixture(art, tmp_path):
     proc = subprocess.run([*base, "--diagnose-model", "net.py:reference", "--diagnose-compare", "net.py:candidate"],
                           cwd=art, capture_output=True, text=True, timeout=300, env=env)
     assert "1 failed" in proc.stdout and "compare" in proc.stdout and "layer.0 (Conv2d)" in proc.stdout, proc.stdout[-3000:]
+
+
+FLAT = """
+import torch, torch.nn as nn
+
+
+class Flat(nn.Module):
+    def __init__(self, side=8):
+        super().__init__()
+        self.fc = nn.Linear(3 * side * side, 4)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+def make():
+    torch.manual_seed(0)
+    return Flat().eval(), torch.randn(2, 3, 8, 8)
+"""
+
+
+def test_a_static_batch_one_file_is_fed_the_example_cut_to_its_size(art):
+    """A deployment file exported at batch 1 is not 'different' from a reference whose example has 2."""
+    result = _check(art, "static_b1.onnx")
+    assert result.status == "pass", result.summary
+    assert "the example's `x` dim 0 cut from 2 to 1 to match the candidate" in result.summary
+    assert result.details["candidate"]["fitted"]
+
+
+def test_a_file_at_sizes_the_reference_rejects_fails_saying_so(tmp_path):
+    (tmp_path / "flat.py").write_text(FLAT)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import flat  # noqa: PLC0415
+    finally:
+        sys.path.remove(str(tmp_path))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(flat.Flat(side=16).eval(), (torch.randn(1, 3, 16, 16),), str(tmp_path / "big.onnx"), dynamo=False)
+    result = td.run_check("compare", str(tmp_path / "flat.py") + ":make", candidate=str(tmp_path / "big.onnx"), repro=False)
+    assert result.status == "fail", result.summary
+    assert result.summary.startswith("the reference rejects inputs at the candidate's sizes")
+    assert "dim 2 tiled from 8 to 16" in result.summary and "flat.py:" in result.summary
+    assert "exported from a model configured for other sizes" in result.hint

@@ -109,3 +109,16 @@ def test_quiet_terminal_prints_one_line_per_check_and_nothing_else(tmp_path: Pat
     assert lines[0].split(None, 2) == ["WARN", "fp16", "fp16 drifts by 2%"]
     assert lines[2].split(None, 2) == ["FAIL", "determinism", "outputs change between runs"]
     assert "reports" not in out.getvalue() and "keep LayerNorm" not in out.getvalue() and " s)" not in out.getvalue()
+
+
+def test_a_fixture_result_names_its_test_and_shared_seconds_in_junit_and_markdown() -> None:
+    """A result a fixture produced in the user's own test says which test; shared work is shown as such."""
+    result = CheckResult(check="onnx", family="export", status="fail", summary="ONNX differs", duration_s=3.0,
+                         details={"test": "tests/test_deploy.py::test_export"}, shared_s=1.25, shared={"fp64 reference": 1.25})
+    run = _run([result])
+    props = {p.get("name"): p.get("value") for p in _suite(run).iter("property")}
+    assert props["test"] == "tests/test_deploy.py::test_export" and props["shared_s"] == "1.25"
+    page = render_markdown(run)
+    assert "`onnx` (in `tests/test_deploy.py::test_export`)" in page
+    assert "- **test:** `tests/test_deploy.py::test_export`" in page
+    assert "- **duration:** 3.0 s (+1.2 s shared: fp64 reference)" in page

@@ -67,6 +67,20 @@ def test_cache_filled_once_on_the_first_call_is_a_warning() -> None:
     assert result.metrics["mutated_every_call"] == 0 and result.metrics["filled_on_first_call"] == 1
 
 
+def test_a_library_lazy_cache_is_named_and_passes() -> None:
+    """torchvision's RoI pooler sets `self.scales, self.map_levels = ...` on the first call: the tuple
+    assignment is found in torchvision, and a cache the user cannot change (and later calls leave
+    alone) is said in the summary, never a warning with advice to edit library code."""
+    from tests.models import real_models
+
+    result = run_check("state_mutation", real_models.detection(size=96))
+    assert result.status == PASS, result.explain()
+    assert "filled on the first call by torchvision library code, then left unchanged (lazy caches: harmless)" in result.summary
+    assert "`roi_heads.box_roi_pool.scales` set from None to list" in result.summary
+    change = result.details["changes"][0]
+    assert "torchvision/ops/poolers.py" in change["location"] and "nothing to change in your code" in change["hint"]
+
+
 @pytest.mark.parametrize("factory", [faulty.small_net, faulty.dict_outputs, faulty.non_tensor_outputs, fam.text_classifier,
                                      fam.gru_tagger, fam.conv_net, fam.multi_in_out])
 def test_clean_models_pass(factory) -> None:

@@ -220,6 +220,19 @@ def test_torchvision_model_with_random_weights() -> None:
     assert torch.equal(rebuilt.conv1.weight, target.model.conv1.weight)
 
 
+def test_torchvision_segmentation_and_detection_build_without_downloading(monkeypatch) -> None:
+    """Their builders default to ImageNet backbone weights: random must mean random throughout (offline)."""
+    from torchvision.models import _api
+
+    def no_download(*args, **kwargs):
+        raise AssertionError(f"tried to download {args[:1]}")
+
+    monkeypatch.setattr(_api, "load_state_dict_from_url", no_download)
+    for name in ("lraspp_mobilenet_v3_large", "fasterrcnn_mobilenet_v3_large_320_fpn"):
+        target = load_target(f"torchvision:{name}")
+        assert target.name == name
+
+
 def test_torchvision_bad_names_and_parameters() -> None:
     message = bad_spec("torchvision:nonexistent")
     assert "torchvision has no model 'nonexistent'" in message and "list_models()" in message

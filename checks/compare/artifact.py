@@ -25,9 +25,18 @@ def compare(ctx: Context, opts: CheckOptions) -> CheckResult:
     spec = opts.candidate or getattr(ctx.options, "compare", None)
     if not spec:
         raise SkipCheck("give a candidate: diagnose compare REFERENCE CANDIDATE (or --compare CANDIDATE)")
+    from torch_diagnose.crosscheck.fit import fit_to_candidate, reference_refuses
     from torch_diagnose.crosscheck.review import compare_recording, compare_runnable
 
     cand = load_candidate(spec, ctx.options)
     if cand.kind == "recording":
         return compare_recording(ctx, cand)
-    return compare_runnable(ctx, opts, cand)
+    fitted, note = fit_to_candidate(ctx, cand)
+    refused = reference_refuses(fitted, note)
+    if refused is not None:
+        return refused
+    result = compare_runnable(fitted, opts, cand)
+    if note:
+        result.summary += f" ({note})"
+        result.details.setdefault("candidate", {})["fitted"] = note
+    return result

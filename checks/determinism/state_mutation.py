@@ -9,6 +9,7 @@ from torch_diagnose.context import Context
 from torch_diagnose.determinism import FIRST_CALL_KEY, REPEAT_KEY, ROLLED_KEY
 from torch_diagnose.determinism.batch import batch_dim, batch_size, rolled, select
 from torch_diagnose.determinism.state import Finding, findings
+from torch_diagnose.locate.code import LIBRARY, library_name, owner
 from torch_diagnose.registry import CheckOptions, Option, register
 from torch_diagnose.results import CheckResult
 from torch_diagnose.text import plural
@@ -117,5 +118,12 @@ def _mutated(found: list[Finding], metrics: dict[str, Any], details: dict[str, A
         n = metrics["mutated_every_call"]
         return CheckResult.failed(f"forward changes {n} piece{'s' if n > 1 else ''} of model state on every call: {shown}", **fields)
     were = "were" if len(found) > 1 else "was"
+    libraries = {library_name(f.culprit.file) for f in found}
+    if None not in libraries and all(owner(f.culprit.file) == LIBRARY for f in found):
+        # A library's lazy cache (torchvision's RoI poolers set their scales on the first call): nothing the user
+        # can change, and harmless when later calls leave it alone. Said, not warned.
+        return CheckResult.passed(f"{plural(len(found), 'entry', 'entries')} {were} filled on the first call by "
+                                  f"{', '.join(sorted(libraries))} library code, then left unchanged (lazy caches: harmless): "
+                                  f"{shown}", metrics=metrics, details=details)
     return CheckResult.warned(f"{plural(len(found), 'entry', 'entries')} {were} filled on the first call, then left unchanged: {shown}",
                               **fields)

@@ -11,7 +11,7 @@ import torch
 from ..inputs import as_args_kwargs, call_model
 from ..locate.code import frames_in_text, pick
 from ..locate.culprit import Culprit, module_label
-from ..locate.divergence import Divergence, first_divergence
+from ..locate.divergence import Divergence, first_divergence, recorded_divergence
 from ..locate.hooks import ModuleCall, ModuleRecorder
 from ..text import plural
 
@@ -91,7 +91,14 @@ def first_moving_module(reference: torch.nn.Module, candidate: Any, inputs: Any)
     the same code on the same machine)."""
     if isinstance(candidate, torch.jit.ScriptModule):
         return None  # TorchScript modules take no forward hooks
-    return first_divergence(_record(reference, inputs), _record(candidate, inputs))
+
+    def run(model: Any) -> Any:
+        def call() -> Any:
+            with torch.inference_mode():
+                return call_model(model, inputs)
+        return call
+
+    return recorded_divergence(reference, run(reference), run(candidate), first_divergence, model_b=candidate)[0]
 
 
 def first_moving_recorded(reference: torch.nn.Module, inputs: Any, calls: list[ModuleCall]) -> Divergence | None:

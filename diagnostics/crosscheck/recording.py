@@ -65,6 +65,7 @@ def record(model: torch.nn.Module, inputs: Any, path: str | os.PathLike[str], *,
         "outputs": {k: _cpu(v) for k, v in flatten(outputs).items() if isinstance(v, torch.Tensor)},
     }
     if rec is not None:
+        data["modules_complete"] = rec.complete  # False: only the first module calls fit the recording budget
         data["modules"] = [{"name": c.name, "type": c.module_type, "inputs": _cpu(c.inputs), "outputs": _cpu(c.outputs)}
                            for c in rec.calls]
     path = os.fspath(path)

@@ -141,7 +141,7 @@ def compare_runnable(ctx: Context, opts: CheckOptions, cand: Candidate) -> Check
     rv.details["failures"], rv.details["warnings"] = rv.findings.failures, rv.findings.warnings
     text = summary(cand.title, rv.findings, rv.outcome).replace("from eager", "from the reference").replace("matches eager", "matches the reference")
     if notes and status == "pass":
-        text += f" (it fixes {plural(len(notes), 'other dimension')}: held at the example's size)"
+        text += f" (it fixes {plural(len(notes), 'other dimension')}: held at its sizes)"
     return CheckResult(status=status, summary=text, culprit=rv.findings.culprit, hint="; ".join(dict.fromkeys(rv.hints)) or None,
                        metrics=rv.metrics, details=rv.details)
 

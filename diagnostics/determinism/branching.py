@@ -11,7 +11,8 @@ from ..context import Context
 from ..locate import Culprit, Frame, owner
 from ..locate.code import LIBRARY, USER, frame_of
 from ..locate.divergence import Divergence
-from ..locate.hooks import ModuleRecorder, ModuleStack
+from ..locate.divergence import recorded_divergence
+from ..locate.hooks import ModuleStack
 from ..locate.source import submodule
 from .configs import Config, difference, run
 from .divergence import scaled_divergence
@@ -117,13 +118,14 @@ def localise_config(ctx: Context, base: Config, other: Config, row: Row, inputs:
     profiler catches the model's calls to environment queries and gives the branching line.
     """
     model = ctx.model
-    with ModuleRecorder(model) as rec_a:
-        run(ctx, base, inputs)
-    with ModuleRecorder(model) as rec_b, ConditionSpy(model, query_names(base, other)) as spy:
-        run(ctx, other, inputs)
-    found = scaled_divergence(rec_a.calls, rec_b.calls, rel_for(row, ctx.reference))
+    spy = ConditionSpy(model, query_names(base, other))
+    rel = rel_for(row, ctx.reference)
+    found, unrecorded = recorded_divergence(model, lambda: run(ctx, base, inputs), lambda: run(ctx, other, inputs),
+                                            lambda a, b: scaled_divergence(a, b, rel), wrap_b=lambda: spy)
     event = pick_event(spy.events, found)
     details: dict[str, Any] = {"queries": [f"{e.module or '<root>'}: {e.name}() at {e.frame.location}" for e in spy.events]}
+    if unrecorded:
+        details["localisation"] = unrecorded
     if found is not None:
         details["first_divergent_module"] = found.label
         details["first_divergent_max_rel"] = found.max_abs

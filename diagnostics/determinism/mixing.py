@@ -12,7 +12,8 @@ from torch.utils._pytree import tree_flatten
 
 from ..context import Context
 from ..locate import Culprit, Frame, current_frame
-from ..locate.hooks import ModuleCall, ModuleRecorder
+from ..locate.divergence import recorded_divergence
+from ..locate.hooks import ModuleCall
 from ..locate.spy import op_base_name
 from ..locate.source import submodule
 from .batch import align_rows, comparable
@@ -123,12 +124,9 @@ def localise_batch(ctx: Context, batch: Any, row: int, single: Any, n: int, rel:
     its input rows agree; inside a model-written culprit an operator tape names the op and line.
     """
     model = ctx.model
-    with ModuleRecorder(model) as rec_b:
-        ctx.forward(batch)
-    with ModuleRecorder(model) as rec_s:
-        ctx.forward(single)
-    found = scaled_divergence(rec_b.calls, rec_s.calls, rel, align_rows(row, n))
-    details: dict[str, Any] = {}
+    found, unrecorded = recorded_divergence(model, lambda: ctx.forward(batch), lambda: ctx.forward(single),
+                                            lambda b, s: scaled_divergence(b, s, rel, align_rows(row, n)))
+    details: dict[str, Any] = {"localisation": unrecorded} if unrecorded else {}
     if found is None:
         return None, ("the sample-alone output differs from its row of the batch but no module's output does: "
                       "check code around the model call"), details

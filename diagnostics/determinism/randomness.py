@@ -3,14 +3,13 @@ its actual arguments, or Python / NumPy RNG), named with its module and line; el
 module whose output differs although its input did not."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from ..context import Context
 from ..locate import Culprit, Frame
-from ..locate.divergence import Divergence, first_divergence
-from ..locate.hooks import ModuleRecorder
+from ..locate.divergence import Divergence, first_divergence, recorded_divergence
 from ..locate.spy import OpEvent, RandomSpy
 from .unregistered import container_fix, holdings
 
@@ -93,13 +92,14 @@ def localise_randomness(ctx: Context, seeds: tuple[int, int]) -> tuple[Culprit |
     with torch.inference_mode(), RandomSpy(model) as spy:
         torch.manual_seed(seeds[0])
         ctx.forward()
-    recs = []
-    for seed in seeds:
-        torch.manual_seed(seed)
-        with ModuleRecorder(model) as rec:
-            ctx.forward()
-        recs.append(rec)
-    div = first_divergence(recs[0], recs[1])
+
+    def seeded(seed: int) -> Callable[[], Any]:
+        def call() -> Any:
+            torch.manual_seed(seed)
+            return ctx.forward()
+        return call
+
+    div, unrecorded = recorded_divergence(model, seeded(seeds[0]), seeded(seeds[1]), first_divergence)
     details: dict[str, Any] = {"random_ops": [
         {"op": e.op, "module": e.module or "<root>", "module_type": e.module_type, "location": e.location or "", "code": e.code,
          **({"arguments": e.note} if e.note else {})}
@@ -107,6 +107,8 @@ def localise_randomness(ctx: Context, seeds: tuple[int, int]) -> tuple[Culprit |
     ]}
     if div is not None:
         details["first_divergent_module"] = div.label
+    if unrecorded:
+        details["localisation"] = unrecorded
     index = _pick(spy.events, div)
     if index is not None:
         culprit, hint = _explain(model, spy.events[index], spy.modules[index])

@@ -21,6 +21,8 @@ _BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
 #: What follows `self.<attr>` on a line that mutates it: a mutating method call, an item assignment, an (augmented) assignment.
 _MUTATION = (r"(?:\.(?:append|extend|insert|add|update|setdefault|pop|popitem|clear|remove|discard|appendleft|\w+_)\("
              r"|\[[^\]]*\]\s*[-+*/|&@]?=(?!=)|\s*[-+*/|&@]?=(?!=))")
+#: `self.scales, self.map_levels = ...`: one target of several (a statement that starts with its targets).
+_TARGETS = r"^(?:self(?:\.\w+)+\s*,\s*)*self(?:\.\w+)*\.{attr}\s*(?:,\s*self(?:\.\w+)+\s*)*=(?!=)"
 _SKIP_METHODS = {"__init__", "train", "eval", "reset_parameters", "extra_repr", "_load_from_state_dict", "__repr__"}
 
 
@@ -40,7 +42,7 @@ def _candidate_classes(model: torch.nn.Module, owner: str) -> list[type]:
 
 def mutation_site(model: torch.nn.Module, owner: str, attr: str) -> Frame | None:
     """The line of the model's code that mutates `attr`; `function` is `Class.method`."""
-    pattern = re.compile(rf"\bself(?:\.\w+)*\.{re.escape(attr)}\b{_MUTATION}")
+    pattern = re.compile(rf"\bself(?:\.\w+)*\.{re.escape(attr)}\b{_MUTATION}|{_TARGETS.format(attr=re.escape(attr))}")
     for cls in _candidate_classes(model, owner):
         methods = [(n, f) for n, f in vars(cls).items() if inspect.isfunction(f) and n not in _SKIP_METHODS]
         methods.sort(key=lambda item: item[0] != "forward")

@@ -2,13 +2,15 @@
 not one that merely inherits it. Every check that localises a numeric difference uses this."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, ContextManager
 
 import torch
 
+from ..text import format_bytes
 from .culprit import Culprit, module_label
-from .hooks import ModuleCall, ModuleRecorder
+from .hooks import ModuleCall, ModuleRecorder, default_budget
 
 
 def _tensors_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], rtol: float, atol: float) -> bool:
@@ -83,3 +85,45 @@ def first_divergence(
     return first_any
 
 
+
+
+#: Windows of module calls a localisation records before it gives up (each costs a forward of both runs).
+MAX_WINDOWS = 3
+
+
+def recorded_divergence(
+    model: torch.nn.Module,
+    run_a: Callable[[], Any],
+    run_b: Callable[[], Any],
+    compare: Callable[[list[ModuleCall], list[ModuleCall]], Divergence | None],
+    *,
+    wrap_b: Callable[[], ContextManager[Any]] | None = None,
+    model_b: torch.nn.Module | None = None,
+    budget_bytes: int | None = None,
+    max_windows: int = MAX_WINDOWS,
+) -> tuple[Divergence | None, str]:
+    """Record both runs module by module within a memory budget and `compare` the recordings:
+    (the divergence, "" or why none could be named).
+
+    A model whose activations exceed the budget is recorded in windows of calls: a window is only
+    followed by the next when no output in it differed, so the first window with a difference holds
+    the first divergence. `wrap_b` wraps each run of `run_b` (a spy that must see that run only);
+    `model_b` is the model `run_b` calls when it is another one (two checkpoints).
+    """
+    start, windows = 0, 0
+    while windows < max_windows:
+        windows += 1
+        with ModuleRecorder(model, start=start, budget_bytes=budget_bytes) as rec_a:
+            run_a()
+        with (wrap_b() if wrap_b else contextlib.nullcontext()), \
+                ModuleRecorder(model_b if model_b is not None else model, start=start, budget_bytes=budget_bytes) as rec_b:
+            run_b()
+        found = compare(rec_a.calls, rec_b.calls)
+        partial = [r for r in (rec_a, rec_b) if not r.complete]
+        if found is not None or not partial:
+            return found, ""
+        start = min(r.next_start for r in partial)
+        del rec_a, rec_b
+    budget = format_bytes(budget_bytes if budget_bytes is not None else default_budget())
+    return None, (f"the first {start} module calls agree; later ones were not recorded (module outputs exceed the "
+                  f"{budget} recording budget after {windows} windows): run on smaller inputs to localise further")

@@ -5,6 +5,8 @@ block that contains it. `ModuleStack` keeps the path of the innermost running mo
 """
 from __future__ import annotations
 
+import os
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -42,19 +44,26 @@ class ModuleCall:
     order: int  # finishing order
 
 
-def _snapshot(obj: Any, root: str) -> dict[str, torch.Tensor]:
-    return {
-        k: v.detach().clone()
-        for k, v in flatten(obj, root=root).items()
-        if isinstance(v, torch.Tensor)
-    }
+def default_budget() -> int:
+    """Bytes one recorder may keep: 1 GiB, or an eighth of the memory available now when that is less
+    (two recorders are alive at once while their calls are compared). Mask R-CNN at 800x800 produces
+    ~15 GB of module inputs and outputs: recording them all was an out-of-memory kill, not a verdict."""
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        available = 8 << 30
+    return max(64 << 20, min(1 << 30, available // 8))
 
 
 class ModuleRecorder:
-    """Records every module call's inputs and outputs while active (`with ModuleRecorder(model) as rec:`).
+    """Records module calls' inputs and outputs while active (`with ModuleRecorder(model) as rec:`).
 
     `include`: a predicate on (name, module) to restrict which modules are recorded.
-    `record_inputs`: inputs are cloned in a pre-hook, before an in-place op can change them.
+    `record_inputs`: inputs are cloned in a pre-hook, before an in-place op can change them; a tensor
+    that is still the one an earlier call cloned (same object, same version) shares that clone.
+    `start` and `budget_bytes` make a window: calls finishing before `start` are counted, not kept, and
+    recording stops once `budget_bytes` are kept (`complete` is then False and `next_start` is where a
+    later window begins). Calls keep their finishing order (`order`) across windows.
     """
 
     def __init__(
@@ -64,15 +73,24 @@ class ModuleRecorder:
         include: Callable[[str, torch.nn.Module], bool] | None = None,
         record_inputs: bool = True,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        start: int = 0,
+        budget_bytes: int | None = None,
     ) -> None:
         self.model = model
         self.include = include
         self.record_inputs = record_inputs
         self.transform = transform
+        self.start = start
+        self.budget_bytes = default_budget() if budget_bytes is None else budget_bytes
         self.calls: list[ModuleCall] = []
+        self.kept_bytes = 0
+        self.complete = True
+        self.next_start = start
+        self._seen = 0
         self._handles: list[Any] = []
         self._pending: dict[int, list[dict[str, torch.Tensor]]] = {}
         self._counts: dict[str, int] = {}
+        self._clones: dict[tuple[int, int], tuple[Any, float | None, torch.Tensor]] = {}
 
     def __enter__(self) -> "ModuleRecorder":
         self._handles = hook_modules(self.model, self._pre, self._post, include=self.include)
@@ -80,12 +98,39 @@ class ModuleRecorder:
 
     def __exit__(self, *exc: Any) -> None:
         remove_hooks(self._handles)
+        self._clones.clear()
+
+    @property
+    def _keeping(self) -> bool:
+        return self.complete and self._seen >= self.start
+
+    def _clone(self, t: torch.Tensor) -> torch.Tensor:
+        """A kept copy of `t`; the same copy again while `t` is the same, unmodified tensor (its version
+        counter; an inference tensor has none, so a float64 sum stands in: `out += identity` changes it)."""
+        try:
+            key, check = (id(t), t._version), None
+        except RuntimeError:
+            key, check = (id(t), -1), (float(t.sum(dtype=torch.float64)) if t.is_floating_point() and t.numel() else None)
+        known = self._clones.get(key)
+        if known is not None and known[0]() is t and known[1] == check and (check is not None or key[1] >= 0):
+            return known[2]
+        copy = t.detach().clone()
+        if self.transform:
+            copy = self.transform(copy)
+        self.kept_bytes += copy.numel() * copy.element_size()
+        try:
+            self._clones[key] = (weakref.ref(t), check, copy)
+        except TypeError:  # a tensor subclass without weak references: cloned again next time
+            pass
+        return copy
+
+    def _snapshot(self, obj: Any, root: str) -> dict[str, torch.Tensor]:
+        return {k: self._clone(v) for k, v in flatten(obj, root=root).items() if isinstance(v, torch.Tensor)}
 
     def _pre(self, name: str, module: torch.nn.Module) -> Callable[..., None]:
         def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-            snap = _snapshot((args, kwargs) if kwargs else args, "input") if self.record_inputs else {}
-            if self.transform:
-                snap = {k: self.transform(v) for k, v in snap.items()}
+            keep = self._keeping and self.record_inputs
+            snap = self._snapshot((args, kwargs) if kwargs else args, "input") if keep else {}
             self._pending.setdefault(id(module), []).append(snap)
 
         return hook
@@ -97,10 +142,13 @@ class ModuleRecorder:
             count = self._counts.get(name, 0) + 1
             self._counts[name] = count
             key = name if count == 1 else f"{name}#{count}"
-            outs = _snapshot(output, "output")
-            if self.transform:
-                outs = {k: self.transform(v) for k, v in outs.items()}
-            self.calls.append(ModuleCall(key, type(module).__name__, snap_in, outs, len(self.calls)))
+            order, self._seen = self._seen, self._seen + 1
+            if not (self.complete and order >= self.start):
+                return
+            if self.kept_bytes > self.budget_bytes:
+                self.complete, self.next_start = False, order
+                return
+            self.calls.append(ModuleCall(key, type(module).__name__, snap_in, self._snapshot(output, "output"), order))
 
         return hook
 

@@ -58,7 +58,9 @@ def warn_fails(fail_on: str | None) -> bool:
 def testcase(result: CheckResult, fail_on: str = FAIL) -> ET.Element:
     case = ET.Element("testcase", classname=f"diagnose.{result.family or 'checks'}", name=_text(result.check),
                       time=f"{result.duration_s:.3f}")
-    _properties(case, [("status", result.status), ("caused_by", result.caused_by), ("culprit", result.culprit_label or None),
+    test = result.details.get("test") if isinstance(result.details, dict) else None
+    _properties(case, [("status", result.status), ("test", test), ("shared_s", round(result.shared_s, 3) if result.shared_s else None),
+                       ("caused_by", result.caused_by), ("culprit", result.culprit_label or None),
                        ("location", result.location), ("hint", result.hint), *((f"metric.{k}", v) for k, v in result.metrics.items())])
     message = _text(result.summary)
     if result.status == FAIL or (result.status == WARN and warn_fails(fail_on)):

@@ -140,7 +140,7 @@ def render_markdown(run: "RunReport", *, final: bool = True) -> str:
         lines += ["| status | check | summary | culprit | hint |", "|---|---|---|---|---|"]
         for root, follow in grouped:
             for r in [root, *follow]:
-                check = ("↳ " if r is not root else "") + md_code(r.check, table=True)
+                check = ("↳ " if r is not root else "") + md_code(r.check, table=True) + _test_of(r, table=True)
                 cells = [STATUS_LABEL[r.status], check, md_inline(r.summary, table=True),
                          _culprit(r, table=True), md_inline(r.hint, table=True)]
                 lines.append("| " + " | ".join(cells) + " |")
@@ -200,6 +200,12 @@ def _matrix_table(check: str, rows: list[Any]) -> list[str]:
     return lines
 
 
+def _test_of(r: CheckResult, *, table: bool) -> str:
+    """` (in test_x.py::test_export)` for a result a fixture produced in the user's own test."""
+    test = r.details.get("test") if isinstance(r.details, dict) else None
+    return f" (in {md_code(test, table=table)})" if test else ""
+
+
 def _section(r: CheckResult) -> list[str]:
     lines = [f"## {STATUS_LABEL[r.status]}: {md_code(r.check)}", "", md_inline(r.summary) or "_no summary_", ""]
     facts = []
@@ -207,7 +213,11 @@ def _section(r: CheckResult) -> list[str]:
         facts.append(f"- **culprit:** {_culprit(r, table=False)}")
     if r.hint:
         facts.append(f"- **hint:** {md_inline(r.hint)}")
-    facts.append(f"- **duration:** {r.duration_s:.1f} s")
+    test = r.details.get("test") if isinstance(r.details, dict) else None
+    if test:
+        facts.append(f"- **test:** {md_code(test)}")
+    shared = f" (+{r.shared_s:.1f} s shared: {', '.join(r.shared)})" if getattr(r, "shared_s", 0) and r.shared else ""
+    facts.append(f"- **duration:** {r.duration_s:.1f} s{shared}")
     lines += [*facts, ""]
     if r.metrics:
         lines += ["| metric | value |", "|---|---|"]

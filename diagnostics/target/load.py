@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import os
 import re
 import sys
@@ -150,9 +151,10 @@ def _from_torchvision(spec: str) -> Target:
 
     name, _, query = spec[len("torchvision:"):].partition("?")
     params = dict(item.split("=", 1) for item in query.split("&") if "=" in item)
-    unknown = set(params) - {"weights"}
+    unknown = set(params) - {"weights", "weights_backbone"}
     if unknown:
-        raise TargetError(f"{spec}: unknown parameter {sorted(unknown)[0]!r}; only ?weights=NAME is understood")
+        raise TargetError(f"{spec}: unknown parameter {sorted(unknown)[0]!r}; only ?weights=NAME and "
+                          f"?weights_backbone=NAME are understood")
     try:
         builder = torchvision.models.get_model_builder(name)
     except ValueError:
@@ -163,16 +165,22 @@ def _from_torchvision(spec: str) -> Target:
         close += [m for m in available if name and name.lower() in m and m not in close][: 5 - len(close)]
         raise TargetError(f"torchvision has no model {name!r}" + (f"; did you mean {', '.join(close)}?" if close else "; see torchvision.models.list_models()")) from None
     weights = params.get("weights")
+    kwargs: dict[str, Any] = {"weights": weights or None}
+    if "weights_backbone" in inspect.signature(builder).parameters:
+        # Segmentation and detection builders default to ImageNet backbone weights: a download that
+        # fails offline. Random means random throughout unless the user names a backbone.
+        kwargs["weights_backbone"] = params.get("weights_backbone") or None
 
     def build() -> Any:
         """Seeded random weights (the same model every time), in eval mode as a deployment loads it."""
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
-                model = builder(weights=weights) if weights else builder(weights=None)
+                model = builder(**kwargs)
             return model.eval()
         except Exception as exc:
-            raise TargetError(f"torchvision:{name} with weights={weights!r} failed: {one_line(exc)}") from exc
+            raise TargetError(f"torchvision:{name} with {', '.join(f'{k}={v!r}' for k, v in kwargs.items())} failed: "
+                              f"{one_line(exc)}") from exc
 
     model = build()
     return Target(model=model, name=name, source=spec, factory=build)
