@@ -19,12 +19,14 @@ _CAUSES = {
     "tied": "every score in a row is equal (random weights): top-k and argmax comparisons say nothing",
     "empty": "nothing survived (a score threshold filtering every detection with random weights): lower the threshold or load trained weights",
     "tiny": "random weights shrink activations layer by layer: errors of the same tiny size pass a fixed tolerance",
+    "saturated": ("scores saturated at exactly 1 (random weights give huge logits): which of the tied items top-k and NMS "
+                  "keep, and in what order, is arbitrary"),
 }
 
 
 #: Degeneracies under which a comparison's failure proves nothing: equal scores make any order (and any
 #: NMS choice) as right as another. A zero or tiny output that another variant changes is a real difference.
-ORDER_ARBITRARY = frozenset({"tied", "constant"})
+ORDER_ARBITRARY = frozenset({"tied", "constant", "saturated"})
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,7 @@ class Degenerate:
     """One output leaf that cannot support a comparison."""
 
     leaf: str
-    kind: str  # zero | constant | tied | empty | tiny
+    kind: str  # zero | constant | tied | saturated | empty | tiny
     detail: str  # the numbers
 
     @property
@@ -66,6 +68,9 @@ def classify(name: str, t: torch.Tensor) -> Degenerate | None:
         spread = (values.amax(-1) - values.amin(-1)).abs()
         if bool((spread <= 1e-9 * max(rms, 1e-30)).all()):
             return Degenerate(name, "tied", f"has every score of a row equal ({_shape(t)})")
+    saturated = int((values == 1.0).sum()) if hi == 1.0 and lo >= 0.0 else 0
+    if values.numel() >= 4 and 2 * saturated >= values.numel():
+        return Degenerate(name, "saturated", f"has {saturated} of {values.numel()} scores at exactly 1 ({_shape(t)})")
     if rms < TINY_RMS:
         return Degenerate(name, "tiny", f"is tiny (RMS {rms:.2e}, max |x| {max(abs(lo), abs(hi)):.2e})")
     return None

@@ -25,6 +25,9 @@ def test_each_kind_is_found_with_its_numbers() -> None:
     assert _kinds(torch.full((2, 4), 3.0)) == {"output": "constant"}
     assert _kinds(torch.tensor([[1.0, 1.0, 1.0], [2.0, 2.0, 2.0]])) == {"output": "tied"}
     assert _kinds(torch.randn(2, 4) * 1e-9) == {"output": "tiny"}
+    # Mask R-CNN with random weights: most of its 100 scores are exactly 1, so their order is arbitrary
+    assert _kinds({"scores": torch.tensor([1.0] * 70 + [0.9995] * 30)}) == {"scores": "saturated"}
+    assert _kinds({"scores": torch.tensor([1.0, 0.97, 0.9, 0.4, 0.2])}) == {}  # one confident detection is not degenerate
     assert _kinds(torch.randn(2, 4)) == {}
     found = find_degenerate(torch.zeros(2, 4))
     assert summarize(found).startswith("degenerate outputs: `output` is all zero (2x4). Likely cause: a zero-initialised head")

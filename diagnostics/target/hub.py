@@ -77,6 +77,27 @@ def hub_offline() -> Iterator[None]:
             os.environ["HF_HUB_OFFLINE"] = saved_env
 
 
+@contextlib.contextmanager
+def quiet_loading(transformers: Any) -> Iterator[None]:
+    """No "Loading weights" progress bar and no torch deprecation lines about optional packages
+    transformers imports on the way (torchao's pytree registrations) between the run's own lines."""
+    import logging as std_logging
+
+    hf_logging = getattr(getattr(transformers, "utils", None), "logging", None)
+    bar = bool(hf_logging and hf_logging.is_progress_bar_enabled())
+    pytree = std_logging.getLogger("torch.utils._pytree")
+    level = pytree.level
+    if bar:
+        hf_logging.disable_progress_bar()
+    pytree.setLevel(std_logging.ERROR)
+    try:
+        yield
+    finally:
+        pytree.setLevel(level)
+        if bar:
+            hf_logging.enable_progress_bar()
+
+
 def seeded(build: Callable[[], Any]) -> Any:
     """Call `build` under seed 0 without touching the caller's global RNG."""
     import torch
@@ -146,22 +167,25 @@ def from_hf(spec: str) -> Target:
     transformers = require("transformers", spec)
     where = spec[len("hf:"):].strip()
     folder = _local_folder(where, spec)
-    config = _load_config(transformers, folder, spec)
+    with quiet_loading(transformers):
+        config = _load_config(transformers, folder, spec)
     notes = []
     if getattr(config, "use_cache", False):
         config.use_cache = False  # cache objects in outputs cannot be compared or exported (FIELD-NOTES)
         notes.append("hf: use_cache=False (key/value cache objects left out of the outputs)")
     has_weights = any(os.path.isfile(os.path.join(folder, f)) for f in WEIGHT_FILES)
-    model_class, arch = _model_class(transformers, config)
+    with quiet_loading(transformers):
+        model_class, arch = _model_class(transformers, config)
 
     def build() -> Any:
         import torch
 
         try:
-            if has_weights:
-                model = model_class.from_pretrained(folder, config=config, local_files_only=True, dtype=torch.float32)
-            else:
-                model = seeded(lambda: model_class.from_config(config) if arch is None else model_class(config))
+            with quiet_loading(transformers):
+                if has_weights:
+                    model = model_class.from_pretrained(folder, config=config, local_files_only=True, dtype=torch.float32)
+                else:
+                    model = seeded(lambda: model_class.from_config(config) if arch is None else model_class(config))
         except Exception as exc:
             raise TargetError(f"{spec}: building {arch or 'AutoModel'} failed: {one_line(exc)}") from exc
         return model.eval()
