@@ -122,6 +122,12 @@ def degenerate_outputs(ctx: Any) -> list[Degenerate]:
     return ctx.cached(CACHE_KEY, lambda: find_degenerate(ctx.reference))
 
 
+def order_arbitrary(ctx: Any) -> list[Degenerate]:
+    """The run's degenerate outputs whose order is arbitrary (tied, constant, saturated scores): a
+    difference there is a tie broken another way, so localising it (minutes on a detector) proves nothing."""
+    return [d for d in degenerate_outputs(ctx) if d.kind in ORDER_ARBITRARY]
+
+
 def short(found: list[Degenerate]) -> str:
     """The numbers alone, for a metric: "`logits` is all zero (2x4)"."""
     return "; ".join(d.describe() for d in found)

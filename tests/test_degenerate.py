@@ -100,3 +100,23 @@ def test_the_benchmark_recommends_no_variant_on_degenerate_outputs() -> None:
     assert "no variant recommended as faithful" in bench.summary and "all zero" in bench.summary
     assert bench.metrics["recommended_variant"] == "none"
     assert not any(row["recommended"] for row in bench.details["matrix"])
+
+
+class _SaturatedThreadDependent(torch.nn.Module):
+    """Most scores exactly 1 (a random-weight detector's), boxes that move with the thread count."""
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        n = x.shape[0]
+        scores = torch.cat([torch.ones(n, 6), torch.full((n, 2), 0.5)], dim=1)
+        boxes = x.sum(1, keepdim=True).expand(-1, 8) + (0.5 if torch.get_num_threads() == 1 else 0.0)
+        return {"scores": scores, "boxes": boxes}
+
+
+def test_saturated_scores_make_a_thread_difference_not_judged_and_skip_localisation() -> None:
+    """Mask R-CNN with random weights: a thread-count difference reorders tied scores. Localising it took
+    minutes and proved nothing; the verdict says what was measured and why it is not judged."""
+    result = torch_diagnose.diagnose(Target(_SaturatedThreadDependent(), torch.randn(2, 3)), checks=["determinism"]).result("determinism")
+    assert result.status == WARN, result.explain()
+    assert result.summary.startswith("not judged reliably: degenerate outputs: `scores` has 12 of 16 scores at exactly 1")
+    assert "threads" in result.summary
+    assert result.details["localisation"].startswith("not localised: the order of `scores`")

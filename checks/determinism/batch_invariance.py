@@ -8,6 +8,7 @@ import torch
 
 from torch_diagnose import inputs as inp
 from torch_diagnose.context import Context
+from torch_diagnose.degenerate import order_arbitrary, short
 from torch_diagnose.determinism import ROLLED_KEY, SAMPLE_KEY
 from torch_diagnose.determinism.batch import OutputRows, batch_dim, batch_size, concat, rolled, select, spread
 from torch_diagnose.determinism.configs import explain_error
@@ -139,8 +140,13 @@ def _result(ctx: Context, b: _Batch, rows: list[Row], details: dict[str, Any]) -
     worst = max(failing, key=lambda r: r.sort_abs)
     if worst.comp is not None:
         metrics.update(worst.comp.metrics())
-    culprit, hint, extra = _localise(ctx, b, rows, rel_for(worst, b.reference))
-    details.update(extra)
+    culprit, hint = None, "outputs differ between a sample alone and its row of the batch"
+    arbitrary = order_arbitrary(ctx)
+    if arbitrary:  # the verdict becomes "not judged reliably" (degenerate.mark): no minutes spent localising a tie
+        details["localisation"] = f"not localised: the order of {short(arbitrary)} is arbitrary"
+    else:
+        culprit, hint, extra = _localise(ctx, b, rows, rel_for(worst, b.reference))
+        details.update(extra)
     return CheckResult.failed(
         f"{note}outputs depend on the other samples in the batch: {len(failing)} of {len(rows)} comparisons differ beyond the "
         f"calibrated tolerance (worst: {worst.comparison}, max abs diff {worst.max_abs:.3g})",
