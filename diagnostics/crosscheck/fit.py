@@ -8,12 +8,12 @@ import dataclasses
 import torch
 
 from ..context import Context
+from ..export.cases import named_leaves, resize
+from ..inputs import input_names
 from ..locate.code import raise_site
 from ..locate.culprit import Culprit
 from ..results import CheckResult
 from ..text import one_line
-from ..export.cases import named_leaves, resize
-from ..inputs import input_names
 from .candidate import Candidate, static_dims
 
 

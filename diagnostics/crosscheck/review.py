@@ -55,20 +55,21 @@ def _localise_onnx(ctx: Context, cand: Candidate, inputs: Any, rv: Review) -> No
 
     f, details = rv.findings, rv.details
     div = locate(ctx.model, cand, inputs, rv.sweep.names, details)
-    inits = initializer_diff(ctx.model, cand.obj)
+    inits = [(n, n, m) for n, m in initializer_diff(ctx.model, cand.obj)]
     if div is not None and div.module is not None:  # weights the exporter renamed, inside the diverging module
-        inits += [(f"{name}` = `{pname}", m) for name, pname, m in owned_initializer_diff(ctx.model, cand.obj, div.module.name)]
-    details["initializers_differing"] = [{"name": n, "max_abs": m} for n, m in inits[:50]]
+        inits += owned_initializer_diff(ctx.model, cand.obj, div.module.name)
+    details["initializers_differing"] = [{"name": n, "parameter": p, "max_abs": m} for n, p, m in inits[:50]]
+    named = [f"`{n}`" + (f" = `{p}`" if p != n else "") for n, p, _ in inits]
     edited = (f"; initializer{'s' if len(inits) > 1 else ''} differing from the model's parameters: "
-              + ", ".join(f"`{n}` (by {m:.3g})" for n, m in inits[:3])) if inits else ""
+              + ", ".join(f"{label} (by {m:.3g})" for label, (_, _, m) in zip(named[:3], inits))) if inits else ""
     if div is not None:
         f.culprit = div.culprit
         f.failures.insert(0, details["divergence"] + edited)
     elif inits:
         f.failures.insert(0, edited[2:])
-        f.culprit = module_culprit(ctx.model, inits[0][0].rpartition(".")[0])
+        f.culprit = module_culprit(ctx.model, inits[0][1].rpartition(".")[0])
     if inits:
-        rv.hints.append(f"the file's `{inits[0][0]}` is not the model's: it was exported from other weights (or edited); "
+        rv.hints.append(f"the file's {named[0]} is not the model's: it was exported from other weights (or edited); "
                         f"export again from the checkpoint you serve")
     elif div is not None:
         rv.hints.append(f"ONNX node {div.label} computes `{div.output}` differently from the model: compare that node's "
