@@ -10,6 +10,11 @@ import torch
 
 from .tree import iter_leaves
 
+#: Scores (max exactly 1, none negative) this close to 1 are "saturated" when they are half of them or more: a
+#: random-weight Mask R-CNN gives 100 of 100 within 5e-4 of 1, packed at fp32 resolution, so thread-count
+#: rounding reorders them; a trained detector's scores spread over (0.05, 1].
+SATURATED_GAP = 1e-3
+
 #: Outputs whose RMS is below this are "tiny": random-weight MobileNet/EfficientNet logits sit at 1e-9..1e-14.
 TINY_RMS = 1e-5
 
@@ -68,9 +73,11 @@ def classify(name: str, t: torch.Tensor) -> Degenerate | None:
         spread = (values.amax(-1) - values.amin(-1)).abs()
         if bool((spread <= 1e-9 * max(rms, 1e-30)).all()):
             return Degenerate(name, "tied", f"has every score of a row equal ({_shape(t)})")
-    saturated = int((values == 1.0).sum()) if hi == 1.0 and lo >= 0.0 else 0
+    saturated = int((values >= 1.0 - SATURATED_GAP).sum()) if hi == 1.0 and lo >= 0.0 else 0
     if values.numel() >= 4 and 2 * saturated >= values.numel():
-        return Degenerate(name, "saturated", f"has {saturated} of {values.numel()} scores at exactly 1 ({_shape(t)})")
+        exact = int((values == 1.0).sum())
+        return Degenerate(name, "saturated", f"has {saturated} of {values.numel()} scores within {SATURATED_GAP:g} of 1, "
+                                             f"{exact} exactly 1 ({_shape(t)})")
     if rms < TINY_RMS:
         return Degenerate(name, "tiny", f"is tiny (RMS {rms:.2e}, max |x| {max(abs(lo), abs(hi)):.2e})")
     return None

@@ -17,6 +17,7 @@ from .registry import CheckSpec
 from .results import ERROR, FAIL, PASS, SKIP, WARN, CheckResult, SkipCheck
 from .rootcause import DETERMINISTIC, RootCause, attribute, blocked_by, blocked_result, compares_outputs, requires_of
 from .text import one_line
+from .unrunnable import as_consequence, cannot_run, reference_failure
 
 NEEDS_CUDA = "needs a CUDA device; none is in use here (--device cuda on a GPU machine)"
 
@@ -80,7 +81,7 @@ def run_check(spec: CheckSpec, ctx: Any, options: RunOptions, given: dict[str, A
         else:
             result = _run(spec, ctx, options, given)
             result.check, result.family = spec.id, spec.family
-            result = settle(spec, ctx, result, known)
+            result = as_consequence(settle(spec, ctx, result, known), known)
     result.check = spec.id
     result.family = spec.family
     result.duration_s = time.perf_counter() - start
@@ -113,7 +114,10 @@ def _run(spec: CheckSpec, ctx: Any, options: RunOptions, given: dict[str, Any] |
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # the check broke: report it, keep the run going
-        result = CheckResult(status=ERROR, summary=one_line(exc, 500), details={"traceback": traceback.format_exc()})
+        if reference_failure(ctx, exc) is not None:  # the model cannot run its example inputs: one root cause
+            result = cannot_run(ctx, exc, traceback.format_exc())
+        else:
+            result = CheckResult(status=ERROR, summary=one_line(exc, 500), details={"traceback": traceback.format_exc()})
         if options.debug:
             traceback.print_exc()
     return result

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..compare import eps
+from ..locate.code import library_name
 from ..locate.culprit import Culprit
 from ..registry import CheckOptions
 from ..results import FAIL, PASS, WARN
@@ -45,6 +46,10 @@ def raise_hint(site: RaiseSite, dtype: torch.dtype, device: torch.device) -> str
                 + (f" (the encoder is called at {site.called_from.location})" if site.called_from else ""))
     dtype_clash = ("dtype" in low or "scalar type" in low or "should be the same" in low) and any(
         w in low for w in ("half", "bfloat16", "float", "double", "same"))
+    library = library_name(site.culprit.file)
+    if dtype_clash and library:
+        return (f"{where}{code} mixes {name} with a tensor of another dtype in {library} library code ({site.culprit.location}): "
+                f"do not edit {library}; ship autocast where it runs, or {keep_fp32(site.culprit.name, device)}")
     if dtype_clash:
         return (f"{where}{code} mixes {name} with a tensor of another dtype: a tensor made inside forward without "
                 f"`dtype=` (torch.zeros/ones/arange/tensor), a buffer or parameter kept in fp32, or an explicit `.float()`. "
@@ -52,6 +57,9 @@ def raise_hint(site: RaiseSite, dtype: torch.dtype, device: torch.device) -> str
     if "not implemented for" in low:
         return (f"an operator in {where}{code} has no {name} kernel on {device.type}: run this module in fp32 "
                 f"(autocast: `with torch.autocast('{device.type}', enabled=False): y = module(x.float())`), or use the other dtype")
+    if library:
+        return (f"{where}{code} raises in {name} in {library} library code ({site.culprit.location}): do not edit {library}; "
+                f"{keep_fp32(site.culprit.name, device)}")
     return (f"{where}{code} raises in {name}: make its forward dtype-agnostic (derive dtypes from the inputs, `x.dtype`, "
             f"instead of hard-coding float32 or fp32-only constants), or keep it in fp32")
 

@@ -116,7 +116,11 @@ def finish_target(obj: Any, spec: str, input_shape: Sequence[int] | None, input_
 
     if input_shape is not None:  # the user's shape wins over inputs derived from samples
         target.setup_notes = [n for n in target.setup_notes if not n.startswith("example inputs derived")]
-    target.example_inputs = synthesize(shape, parse_dtype(input_dtype) if input_dtype else torch.float32, seed=0)
+    dtype = parse_dtype(input_dtype) if input_dtype else torch.float32
+    inputs = synthesize(shape, dtype, seed=0)
+    if ".optical_flow." in type(target.model).__module__:  # RAFT: forward(image1, image2), two frames of one shape
+        inputs = (inputs, synthesize(shape, dtype, seed=1))
+    target.example_inputs = inputs
     return target
 
 
@@ -128,6 +132,8 @@ def _default_shape(model: Any) -> tuple[int, ...] | None:
             return (1, 3, 8, 112, 112)
         if ".segmentation." in module or ".detection." in module:
             return (1, 3, 224, 224)
+        if ".optical_flow." in module:
+            return (1, 3, 128, 128)  # two frames (finish_target); RAFT needs sides divisible by 8
         name = type(model).__name__.lower()
         if "inception" in name:
             return (2, 3, 299, 299)
