@@ -24,7 +24,7 @@ _CAUSES = {
     "tied": "every score in a row is equal (random weights): top-k and argmax comparisons say nothing",
     "empty": "nothing survived (a score threshold filtering every detection with random weights): lower the threshold or load trained weights",
     "tiny": "random weights shrink activations layer by layer: errors of the same tiny size pass a fixed tolerance",
-    "saturated": ("scores saturated at exactly 1 (random weights give huge logits): which of the tied items top-k and NMS "
+    "saturated": ("scores saturated at 1 (random weights give huge logits): which of these near-tied items top-k and NMS "
                   "keep, and in what order, is arbitrary"),
 }
 

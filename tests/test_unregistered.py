@@ -63,3 +63,28 @@ def test_resnet18_stays_clean() -> None:
     result = run_check("eval_mode", Target(model, torch.randn(1, 3, 32, 32)))
     assert result.status == PASS, result.explain()
     assert result.metrics["unregistered_training"] == 0
+
+
+def test_a_stateless_module_created_in_library_forward_is_said_not_warned() -> None:
+    """transformers' DistilBertForSequenceClassification calls `nn.ReLU()(pooled)` in forward: it runs in
+    training mode, unregistered, but has no state and acts the same in eval: the check passes and says so
+    (it warned with advice to edit transformers, located at the tool's own console script)."""
+    import pytest
+
+    transformers = pytest.importorskip("transformers")
+    config = transformers.DistilBertConfig(vocab_size=200, dim=32, n_layers=1, n_heads=2, hidden_dim=64)
+    torch.manual_seed(0)
+    model = transformers.DistilBertForSequenceClassification(config).eval()
+    ids = torch.randint(0, 200, (2, 8), generator=torch.Generator().manual_seed(0))
+    result = run_check("eval_mode", Target(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}))
+    assert result.status == PASS, result.explain()
+    assert "ReLU created inside `<root>.forward` also ran in training mode, unregistered, but holds no state" in result.summary
+
+
+def test_console_scripts_are_never_the_users_code() -> None:
+    import os
+    import sys
+
+    from torch_diagnose.locate.code import TOOL, owner
+
+    assert owner(os.path.join(sys.prefix, "bin", "diagnose")) == TOOL

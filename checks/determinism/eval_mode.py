@@ -41,6 +41,10 @@ def eval_mode(ctx: Context, opts: CheckOptions) -> CheckResult:
     eval_error, eval_exc = _switch_to_eval(ctx)
     after_eval = [name for name, module in model.named_modules() if module.training]
     running, run_error = _running_unregistered(ctx, model)
+    # A stateless module that acts the same in both modes (`nn.ReLU()(x)` in DistilBERT's forward) loses nothing
+    # to a missed `.eval()` or state_dict: said in the summary, never warned.
+    harmless = [r for r in running if not mode_sensitive(r.module) and not _has_state(r.module)]
+    running = [r for r in running if r not in harmless]
     metrics: dict[str, Any] = {
         "modules": len(modules),
         "training_at_handover": len(handed_over),
@@ -62,7 +66,15 @@ def eval_mode(ctx: Context, opts: CheckOptions) -> CheckResult:
     if handed_over:
         return _handed_over_training(modules, ordered(handed_over), metrics)
     extra = f" (modules outside the model's registry not looked for: the forward raised {run_error})" if run_error else ""
+    if harmless:
+        extra += (f"; {_listed([r.label for r in harmless])} also ran in training mode, unregistered, but "
+                  f"{'holds' if len(harmless) == 1 else 'hold'} no state and acts the same in eval mode")
     return CheckResult.passed(f"all {len(modules)} module(s) are in eval mode{extra}", metrics=metrics)
+
+
+def _has_state(module: torch.nn.Module) -> bool:
+    """Parameters or buffers anywhere inside: what a missed `.to()` or `state_dict()` would lose."""
+    return any(True for _ in module.parameters()) or any(True for _ in module.buffers())
 
 
 def _switch_to_eval(ctx: Context) -> tuple[str | None, BaseException | None]:

@@ -43,6 +43,9 @@ _TOOL_DIRS = tuple(
     for up in ((os.pardir,), (os.pardir, os.pardir, "checks"))
 )
 _STDLIB_DIRS = tuple({os.path.abspath(p) + os.sep for p in (sysconfig.get_paths().get("stdlib"), os.path.dirname(os.__file__)) if p})
+#: Console scripts (`.venv/bin/diagnose`, `bin/pytest`): entry points that start a run, never a culprit.
+_SCRIPT_DIRS = tuple({os.path.abspath(p) + os.sep for p in (sysconfig.get_paths().get("scripts"),
+                                                             os.path.join(sys.prefix, "bin"), os.path.join(sys.prefix, "Scripts")) if p})
 #: Torch files that are plumbing (module call machinery, dispatch), never a useful location.
 _TORCH_PLUMBING = ("nn/modules/module.py", "_compile.py", "utils/_python_dispatch.py", "_ops.py", "overrides.py", "_tensor.py",
                    "utils/_contextlib.py", "_jit_internal.py", "fx/", "_dynamo/", "export/", "_export/", "onnx/")
@@ -68,7 +71,7 @@ def owner(filename: str | None) -> str:
         return USER
     if _TORCH_DIR and path.startswith(_TORCH_DIR):
         return TORCH
-    if path.startswith(_TOOL_DIRS):
+    if path.startswith(_TOOL_DIRS) or path.startswith(_SCRIPT_DIRS):
         return TOOL
     if any(m in path for m in _SITE_MARKERS):
         return LIBRARY
