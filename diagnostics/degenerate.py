@@ -140,6 +140,16 @@ def short(found: list[Degenerate]) -> str:
     return "; ".join(d.describe() for d in found)
 
 
+#: `details` key a check sets when its failure is a raise, not a comparison of output values.
+RAISED = "raised_not_compared"
+
+
+def compared_values(result: Any) -> bool:
+    """Whether a failure came from comparing output values: an export that fails or a model that raises
+    is a fault whatever the outputs are, so tied scores never excuse it."""
+    return not (result.metrics.get("export_failed") or result.details.get(RAISED))
+
+
 def mark(result: Any, found: list[Degenerate]) -> Any:
     """A verdict that compared degenerate outputs says so: pass becomes warn and the summary gets
     " — but degenerate outputs: ..."; a warning gets the same note; a failure keeps its status with
@@ -155,7 +165,7 @@ def mark(result: Any, found: list[Degenerate]) -> Any:
         advice = ("these comparisons say little on such outputs: diagnose the model with trained weights (or inputs "
                   "that give varied outputs) before trusting this verdict")
         result.hint = f"{result.hint}; {advice}" if result.hint else advice
-    elif result.status == "fail" and any(d.kind in ORDER_ARBITRARY for d in found):
+    elif result.status == "fail" and any(d.kind in ORDER_ARBITRARY for d in found) and compared_values(result):
         # Tied or constant scores leave the order (and NMS's choice) of what follows arbitrary: a difference
         # there is the tie broken another way, not a fault the comparison can prove.
         result.details["measured"] = result.summary

@@ -108,7 +108,8 @@ def _run(spec: CheckSpec, ctx: Any, options: RunOptions, given: dict[str, Any] |
         result = CheckResult(status=SKIP, summary=str(exc) or "not applicable")
     except CheckTimeout as exc:
         result = CheckResult(status=ERROR, summary=f"{exc}; raise --timeout or run with --isolate",
-                             hint="a check that hangs inside native code can only be stopped with --isolate")
+                             hint="the check ran past --timeout: on a slow model raise --timeout or select fewer checks; a check "
+                                  "that hangs inside native code can only be stopped with --isolate")
     except UsageError as exc:
         result = CheckResult(status=ERROR, summary=str(exc))
     except KeyboardInterrupt:

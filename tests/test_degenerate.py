@@ -86,6 +86,17 @@ def test_a_failure_on_tied_scores_is_not_judged_a_fault() -> None:
     assert "measured: boxes differ" in result.summary and "arbitrary" in result.hint
 
 
+def test_an_export_that_fails_or_a_model_that_raises_on_tied_scores_still_fails() -> None:
+    """Mask R-CNN's saturated scores once turned "torch.jit.trace fails" into "not judged reliably": a
+    failure that is not a comparison of output values is a fault whatever the outputs are."""
+    for marker in ({"metrics": {"export_failed": True}}, {"details": {"raised_not_compared": True}}):
+        spec = CheckSpec(id="strict", family="mine", title="strict", compares_outputs=True,
+                         func=lambda ctx, opts, m=marker: (ctx.reference, CheckResult.failed("trace fails", **m))[1])
+        result = run(Target(_TiedScores(), torch.randn(2, 3)), RunOptions(), checks=[spec]).result("strict")
+        assert result.status == FAIL and result.summary == "trace fails", result.summary
+        assert "degenerate outputs" in result.hint
+
+
 def test_clean_outputs_are_not_flagged_and_checks_that_do_not_compare_outputs_are_left_alone() -> None:
     report = torch_diagnose.diagnose(rc.clean(), checks=["fp16"])
     assert report.result("fp16").status == PASS and "degenerate_outputs" not in report.result("fp16").metrics

@@ -357,7 +357,7 @@ def test_a_swallowed_budget_alarm_still_ends_over_budget() -> None:
     the budget verdict must not depend on that (CI once saw the export finish 'in budget')."""
     import time
 
-    from torch_diagnose.export.pipeline import OverBudget, deadline
+    from torch_diagnose.budget import OverBudget, deadline
 
     with pytest.raises(OverBudget, match="caught on exit"):
         with deadline(0.01):

@@ -203,3 +203,36 @@ def test_cancellation_too_noisy_for_bf16_fails_on_the_sqnr_floor() -> None:
     assert result.metrics["min_sqnr_db"] < 20 and "too noisy" in result.summary
     assert result.culprit_label == "offset (OffsetCancel)"
     assert "cancels" in result.hint
+
+
+class _SlowInHalf(torch.nn.Module):
+    """fp32 at full speed; the whole-model fp16 cast (and autocast, when `autocast_too`) crawls, as fp16
+    kernels do on a CPU without half support."""
+
+    def __init__(self, autocast_too: bool) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(8, 4)
+        self.autocast_too = autocast_too
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import time
+
+        if x.dtype == torch.float16 or (self.autocast_too and torch.is_autocast_enabled("cpu")):
+            time.sleep(3)
+        return self.lin(x)
+
+
+def test_a_way_past_its_budget_is_stopped_and_said_not_a_timeout() -> None:
+    import time
+
+    from torch_diagnose import SKIP, Target
+
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    both = run_check("fp16", Target(_SlowInHalf(autocast_too=True).eval(), torch.randn(4, 8)), way_budget_s=0.5)
+    assert time.perf_counter() - start < 5, "each way is stopped at its budget"
+    assert both.status == SKIP and both.summary.startswith("not judged: fp16 ran past its budget every way")
+    assert "judge it on the device you deploy to (--device cuda)" in both.summary
+    one = run_check("fp16", Target(_SlowInHalf(autocast_too=False).eval(), torch.randn(4, 8)), way_budget_s=0.5)
+    assert one.status == PASS, one.explain()
+    assert "cast stopped at way_budget_s, not judged" in one.summary and one.details["ways"]["cast"]["stopped"]

@@ -8,7 +8,7 @@ import torch
 
 from torch_diagnose.compare import compare
 from torch_diagnose.context import Context
-from torch_diagnose.degenerate import order_arbitrary, short
+from torch_diagnose.degenerate import RAISED, order_arbitrary, short
 from torch_diagnose.determinism import REPEAT_KEY
 from torch_diagnose.determinism.batch import sample_zero
 from torch_diagnose.determinism.branching import localise_config
@@ -261,6 +261,7 @@ def _error_result(run_errors: list[tuple[str, RunError]], metrics: dict[str, Any
             + "; serving stacks hand over such tensors (e.g. channels_last images, slices): call `.contiguous()` where the model needs it, "
             "or use `.reshape()` instead of `.view()`")
     details["errors"] = [f"{lbl}: {e.message} in {e.label}" for lbl, e in run_errors]
+    details[RAISED] = True
     return CheckResult.failed(f"the model fails with {label}: {err.message}", culprit=err.culprit, hint=hint,
                               metrics=metrics, details=details)
 

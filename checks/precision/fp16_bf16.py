@@ -36,6 +36,7 @@ import torch
 
 from torch_diagnose.compare import eps
 from torch_diagnose.context import Context
+from torch_diagnose.degenerate import RAISED
 from torch_diagnose.errors import UsageError
 from torch_diagnose.precision.error_table import LayerError, error_plot
 from torch_diagnose.precision.explain import culprit, headroom, raise_hint, verdict
@@ -50,6 +51,9 @@ from torch_diagnose.results import PASS, CheckResult
 MULTIPLIER = 4.0
 #: An output with less SQNR than this is too noisy to ship, even when fp32 is as ill-conditioned (dB).
 MIN_SQNR_DB = 20.0
+#: Seconds one way may take. Clean models take well under a second a way; Mask R-CNN on 2 CPU cores takes
+#: 51 s for both bf16 ways and over 10 minutes for fp16 (CPU half kernels), which ended in the run's timeout.
+WAY_BUDGET_S = 90.0
 
 def _ways(raw: Any) -> list[str]:
     """`autocast,cast` or a list -> lower-case names; at least one."""
@@ -70,6 +74,8 @@ _OPTIONS = (
            "fail when an output's SQNR vs fp64 is below this, however large fp32's own error (the output is too noisy to use)"),
     Option("min_headroom", float, 4.0, "warn when a module's fp32 output comes within this factor of the dtype's largest value"),
     Option("layer_table", bool, True, "on a warning or failure, compute the per-layer error table (two extra hooked runs)"),
+    Option("way_budget_s", float, WAY_BUDGET_S,
+           "seconds one way (autocast, cast) may run; past it the way is stopped and said (0: no limit)"),
 )
 
 
@@ -83,12 +89,12 @@ def _rule_text(opts: CheckOptions, name: str, fp64_error: str | None) -> str:
 def _cannot_run(ctx: Context, runs: list[WayRun], dtype: torch.dtype, details: dict[str, Any]) -> CheckResult:
     """No way ran at all: the raise in the model's code (else the last one) is the culprit."""
     raised = [r.raised for r in runs if r.raised]
-    site = next((s for s in raised if s.in_model_code), None) or runs[-1].raised
-    assert site is not None
+    site = next((s for s in raised if s.in_model_code), None) or raised[-1]
     return CheckResult.failed(
-        f"the model cannot run in {dtype_name(dtype)}: " + "; ".join(f"{r.way} raised {r.raised.exception}" for r in runs if r.raised),
+        f"the model cannot run in {dtype_name(dtype)}: " + "; ".join(f"{r.way} raised {r.raised.exception}" for r in runs if r.raised)
+        + "".join(f"; {r.way} {r.stopped}" for r in runs if r.stopped),
         culprit=site.culprit, hint=raise_hint(site, dtype, ctx.device),
-        metrics={f"{r.way}.ran": False for r in runs}, details=details,
+        metrics={f"{r.way}.ran": False for r in runs}, details={**details, RAISED: True},
     )
 
 
@@ -119,10 +125,12 @@ def _layer_table(ctx: Context, way: WayRun, dtype: torch.dtype, details: dict[st
 
 
 def _note(best: WayRun, runs: list[WayRun]) -> str:
-    raised = [r.way for r in runs if not r.ran]
+    raised = [r.way for r in runs if r.raised]
+    stopped = [r.way for r in runs if r.stopped]
     return (f"ran by {'whole-model cast' if best.way == 'cast' else 'autocast'}"
             + "".join(f" ({r.way} also ran: {r.budget_use:.2g} of budget)" for r in runs if r is not best and r.ran)
-            + (f"; {', '.join(raised)} raised" if raised else ""))
+            + (f"; {', '.join(raised)} raised" if raised else "")
+            + (f"; {', '.join(stopped)} stopped at way_budget_s, not judged" if stopped else ""))
 
 
 def _summary(status: str, reasons: list[str], best: WayRun, metrics: dict[str, Any], room: float, dtype: torch.dtype,
@@ -145,7 +153,7 @@ def check_precision(ctx: Context, opts: CheckOptions, dtype: torch.dtype) -> Che
     ref64 = fp64.outputs if fp64.error is None else None
     room, top = headroom(fp32_ranges(ctx), dtype)
     # measure: every way, judged against fp64
-    runs = [run_way(ctx, way, dtype) for way in ways]
+    runs = [run_way(ctx, way, dtype, opts.way_budget_s) for way in ways]
     for run in runs:
         if run.ran:
             judge(ctx, run, dtype, opts, ctx.reference, ref64)
@@ -155,6 +163,9 @@ def check_precision(ctx: Context, opts: CheckOptions, dtype: torch.dtype) -> Che
         details["largest_fp32_activation"] = {"module": top.label, "max_abs": top.absmax,
                                               "call_site": top.call_site.location if top.call_site else None}
     best = best_way(runs)
+    if best is None and all(r.stopped for r in runs):
+        return CheckResult.skipped(f"not judged: {dtype_name(dtype)} ran past its budget every way ({runs[0].stopped})",
+                                   metrics={f"{r.way}.ran": False for r in runs}, details=details)
     if best is None:
         return _cannot_run(ctx, runs, dtype, details)
     # judge

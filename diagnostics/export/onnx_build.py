@@ -11,6 +11,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from ..budget import OverBudget, deadline
 from ..context import Context
 from ..inputs import as_args_kwargs
 from ..text import one_line
@@ -18,7 +19,7 @@ from ..tree import flatten, map_leaves
 from . import onnx_tools
 from .cases import Sweep, SweepCase, dynamic_shapes_spec, named_leaves, to_numpy
 from .messages import explain_export_error, trim_message
-from .pipeline import (OPTIONAL_DIMS_BUDGET_S, Built, OverBudget, cache_outputs, deadline, non_tensor_outputs, optional_groups,
+from .pipeline import (OPTIONAL_DIMS_BUDGET_S, Built, cache_outputs, non_tensor_outputs, optional_groups,
                        quiet, tmpdir)
 from .program import export_program, required_program
 

@@ -14,12 +14,13 @@ from typing import Any
 
 import torch
 
+from ..budget import OverBudget, deadline
 from ..context import Context
 from ..inputs import as_args_kwargs, call_model
 from .cases import Sweep, dynamic_shapes_spec, named_leaves, restrict
 from .guards import Site, capture_guards, pinning_sites, site_text
 from .messages import ExportError, explain_export_error, informative, trim_message
-from .pipeline import OPTIONAL_DIMS_BUDGET_S, Built, OverBudget, deadline, optional_groups, quiet, tmpdir
+from .pipeline import OPTIONAL_DIMS_BUDGET_S, Built, optional_groups, quiet, tmpdir
 
 PROGRAM_KEY = "export:torch_export"
 

@@ -11,6 +11,7 @@ from typing import Any, Callable
 import torch
 
 from .. import inputs as inp
+from ..budget import OverBudget, deadline
 from ..compare import Comparison, RatioVerdict, compare, eps, ratio_rule, rmse
 from ..context import Context, Variant
 from ..locate.culprit import Culprit
@@ -37,10 +38,11 @@ class WayRun:
     mismatched: list[str] = field(default_factory=list)  # non-floating leaves that differ
     noisy: list[str] = field(default_factory=list)  # output leaves whose SQNR vs the reference is below the floor
     seconds: float = 0.0
+    stopped: str | None = None  # ran past its time budget: not judged
 
     @property
     def ran(self) -> bool:
-        return self.raised is None
+        return self.raised is None and self.stopped is None
 
     @property
     def within_budget(self) -> bool:
@@ -84,6 +86,9 @@ class WayRun:
 
     def details(self) -> dict[str, Any]:
         out: dict[str, Any] = {"ran": self.ran, "seconds": self.seconds}
+        if self.stopped:
+            out["stopped"] = self.stopped
+            return out
         if self.raised:
             out["raised"] = self.raised.to_dict()
             return out
@@ -110,30 +115,42 @@ def cast_model(ctx: Context, dtype: torch.dtype) -> torch.nn.Module:
     return ctx.cached(f"precision:{dtype_name(dtype)}:cast-model", lambda: ctx.model_copy().to(dtype))
 
 
-def run_way(ctx: Context, way: str, dtype: torch.dtype) -> WayRun:
-    """Run the model one way; a raise is recorded with the module and line, never propagated."""
+def run_way(ctx: Context, way: str, dtype: torch.dtype, budget_s: float = 0.0) -> WayRun:
+    """Run the model one way; a raise is recorded with the module and line, never propagated. Past
+    `budget_s` the way is stopped and said (fp16 on a CPU without fast half kernels can take minutes
+    a forward where fp32 takes seconds)."""
     run = WayRun(way)
     start = time.perf_counter()
-    if way == "cast":
+    try:
+        with deadline(budget_s):
+            _run_way(ctx, run, dtype)
+    except OverBudget:
+        run.outputs, run.raised = None, None
+        run.stopped = (f"stopped after {budget_s:g} s (way_budget_s) on {ctx.device.type}: {dtype_name(dtype)} kernels are slow "
+                       f"there; judge it on the device you deploy to (--device cuda) or raise -o way_budget_s")
+    run.seconds = time.perf_counter() - start
+    return run
+
+
+def _run_way(ctx: Context, run: WayRun, dtype: torch.dtype) -> None:
+    if run.way == "cast":
         try:
             model = cast_model(ctx, dtype)
         except Exception as exc:
             run.raised = RaiseSite(Culprit.module("", ctx.model), f"{type(exc).__name__}: {exc}")
-            return run
+            return
         x = inp.cast_floats(ctx.inputs, dtype)
         run.outputs, run.raised = run_locating_raise(model, lambda: ctx.forward(x, model))
-    else:
-        if not torch.amp.is_autocast_available(ctx.device.type):
-            run.raised = RaiseSite(Culprit.module("", ctx.model), f"autocast is not available on {ctx.device.type}")
-            return run
+        return
+    if not torch.amp.is_autocast_available(ctx.device.type):
+        run.raised = RaiseSite(Culprit.module("", ctx.model), f"autocast is not available on {ctx.device.type}")
+        return
 
-        def call() -> Any:
-            with autocast(ctx, dtype)():
-                return ctx.forward(ctx.inputs, ctx.model)
+    def call() -> Any:
+        with autocast(ctx, dtype)():
+            return ctx.forward(ctx.inputs, ctx.model)
 
-        run.outputs, run.raised = run_locating_raise(ctx.model, call)
-    run.seconds = time.perf_counter() - start
-    return run
+    run.outputs, run.raised = run_locating_raise(ctx.model, call)
 
 
 def _rms(t: torch.Tensor) -> float:
