@@ -144,9 +144,16 @@ def short(found: list[Degenerate]) -> str:
 RAISED = "raised_not_compared"
 
 
+#: `details` key a check sets when its verdict still rests on comparing values although an export failed
+#: (the trace fails, and whether the TorchScript route works is judged by comparing torch.jit.script's outputs).
+COMPARED = "judged_by_comparison"
+
+
 def compared_values(result: Any) -> bool:
     """Whether a failure came from comparing output values: an export that fails or a model that raises
     is a fault whatever the outputs are, so tied scores never excuse it."""
+    if result.details.get(COMPARED):
+        return True
     return not (result.metrics.get("export_failed") or result.details.get(RAISED))
 
 

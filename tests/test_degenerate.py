@@ -131,3 +131,14 @@ def test_saturated_scores_make_a_thread_difference_not_judged_and_skip_localisat
     assert result.summary.startswith("not judged reliably: degenerate outputs: `scores` has 12 of 16 scores within 0.001 of 1")
     assert "threads" in result.summary
     assert result.details["localisation"].startswith("not localised: the order of `scores`")
+
+
+def test_a_trace_failure_judged_by_the_scripts_outputs_on_tied_scores_is_not_judged() -> None:
+    """Mask R-CNN: the trace fails, torch.jit.script runs but "differs" because tied scores reorder;
+    whether TorchScript works rests on that comparison, so the verdict is not judged reliably."""
+    spec = CheckSpec(id="strict", family="mine", title="strict", compares_outputs=True,
+                     func=lambda ctx, opts: (ctx.reference, CheckResult.failed(
+                         "trace fails; script differs", metrics={"export_failed": True},
+                         details={"judged_by_comparison": True}))[1])
+    result = run(Target(_TiedScores(), torch.randn(2, 3)), RunOptions(), checks=[spec]).result("strict")
+    assert result.status == WARN and result.summary.startswith("not judged reliably")

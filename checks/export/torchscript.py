@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from torch_diagnose.context import Context
+from torch_diagnose.degenerate import COMPARED
 from torch_diagnose.export.pipeline import (COMMON_OPTIONS, Exporter, Review, counterexample, failed_build, finish,
                                             get_sweep, review)
 from torch_diagnose.export.program import sites_if_needed
@@ -39,6 +40,7 @@ def _untraceable(ctx: Context, sweep: Any, built: Any) -> CheckResult:
     result.details["script"] = script_state
     if rows is not None:
         result.details["script_sweep"] = rows
+        result.details[COMPARED] = True  # warn or fail hangs on whether the script's outputs match eager
     if ok:  # TorchScript works, through script: the trace's failure is a warning with the route that works
         result.status = "warn"
         result.summary = f"{script_words}; {result.summary}"
