@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from .locate import raise_site
+from .locate import Culprit, raise_site
 from .results import ERROR, SKIP, CheckResult
 from .text import one_line
 
@@ -55,7 +55,8 @@ def cannot_run(ctx: Any, exc: BaseException, traceback_text: str) -> CheckResult
             "the model must run on its own example inputs before anything can be judged: fix the line above, or give "
             "inputs it accepts (a factory returning (model, inputs), or --input-shape)")
     return CheckResult(status=ERROR, summary=f"the model raises on its example inputs: {one_line(exc, 400)}{where}",
-                       culprit=None, hint=hint, details={KEY: one_line(exc, 400), "traceback": traceback_text})
+                       culprit=Culprit.at(frame) if frame is not None else None, hint=hint,
+                       details={KEY: one_line(exc, 400), "traceback": traceback_text})
 
 
 def as_consequence(result: CheckResult, earlier: dict[str, CheckResult]) -> CheckResult:

@@ -37,6 +37,7 @@ def test_a_single_check_on_a_raising_model_still_says_what_raised() -> None:
     result = run_check("fp16", faulty.raising_forward())
     assert result.status == ERROR and "boom: this model cannot run" in result.summary
     assert result.summary.startswith("the model raises on its example inputs")
+    assert result.location and "faulty.py:" in result.location  # the raising line, as a culprit for annotations
 
 
 def test_torchvision_optical_flow_gets_two_frames_and_library_fp16_hints_say_do_not_edit() -> None:
