@@ -129,10 +129,12 @@ def degenerate_outputs(ctx: Any) -> list[Degenerate]:
     return ctx.cached(CACHE_KEY, lambda: find_degenerate(ctx.reference))
 
 
-def order_arbitrary(ctx: Any) -> list[Degenerate]:
-    """The run's degenerate outputs whose order is arbitrary (tied, constant, saturated scores): a
-    difference there is a tie broken another way, so localising it (minutes on a detector) proves nothing."""
-    return [d for d in degenerate_outputs(ctx) if d.kind in ORDER_ARBITRARY]
+def not_localised(ctx: Any) -> str:
+    """Why a difference is not localised, or "" to localise it: on outputs whose order is arbitrary
+    (tied, constant, saturated scores) a difference is a tie broken another way, so localising it
+    (minutes on a detector) proves nothing; the verdict becomes "not judged reliably" (`mark`)."""
+    arbitrary = [d for d in degenerate_outputs(ctx) if d.kind in ORDER_ARBITRARY]
+    return f"not localised: the order of {short(arbitrary)} is arbitrary" if arbitrary else ""
 
 
 def short(found: list[Degenerate]) -> str:

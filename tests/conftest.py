@@ -15,3 +15,14 @@ def mlp_outputs() -> dict[str, torch.Tensor]:
     x = torch.randn(16, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         return {"fp32": model(x), "fp64": copy.deepcopy(model).double()(x.double())}
+
+
+#: Environment that changes what the reporters write: CI job summaries and annotations, colour, the status line.
+CI_VARIABLES = ("GITHUB_ACTIONS", "GITHUB_STEP_SUMMARY", "GITHUB_WORKSPACE", "NO_COLOR", "CI")
+
+
+@pytest.fixture
+def no_ci_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never append to a real CI job summary from the tests; colour and the status line decided per test."""
+    for name in CI_VARIABLES:
+        monkeypatch.delenv(name, raising=False)

@@ -14,10 +14,7 @@ from torch_diagnose.results import CheckResult
 from torch_diagnose.runner import RunReport
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("GITHUB_ACTIONS", "GITHUB_STEP_SUMMARY", "GITHUB_WORKSPACE", "NO_COLOR"):
-        monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("no_ci_env")
 
 
 def _items() -> list[CheckResult]:

@@ -151,17 +151,17 @@ def test_every_plot_is_an_image_and_no_empty_plot_heading(real_run: RunReport, p
 
 def test_the_sweep_plot_shows_raised_cases() -> None:
     pytest.importorskip("matplotlib")
-    from torch_diagnose.report.plots import with_sweep_cases
+    from torch_diagnose.export.cases import SweepCase
+    from torch_diagnose.export.run import CaseResult, SweepOutcome
 
-    cases = [{"case": "example", "kind": "example", "status": "ok", "max_abs": 0.0, "message": ""},
-             {"case": "x dim 0 (batch)=5", "kind": "shape", "status": "raised", "max_abs": None, "message": "Guard failed"},
-             {"case": "values x10", "kind": "values", "status": "mismatch", "max_abs": 0.5, "message": ""}]
-    recorded = {"kind": "barh", "title": "t", "x": ["values x10"], "series": {"max |artifact - eager|": [0.5]},
-                "xlabel": "sweep case", "ylabel": "max abs difference", "logy": True}
-    spec = with_sweep_cases(recorded, {"cases": cases})
+    outcome = SweepOutcome([CaseResult(SweepCase("example", "example", None), "ok", 0.0),
+                            CaseResult(SweepCase("x dim 0 (batch)=5", "shape", None), "raised", None, "Guard failed"),
+                            CaseResult(SweepCase("values x10", "values", None), "mismatch", 0.5)], [])
+    spec = outcome.plot("t")  # what an export check records in details["plot"]
     assert spec["x"] == ["example", "x dim 0 (batch)=5", "values x10"]
     assert spec["series"]["max |artifact - eager|"] == [0.0, None, 0.5] and spec["status"] == ["ok", "raised", "mismatch"]
-    result = CheckResult(check="onnx", status="fail", details={"cases": cases, "plot": recorded})
+    assert spec["messages"][1] == "Guard failed"
+    result = CheckResult(check="onnx", status="fail", details={"cases": outcome.rows(), "plot": spec})
     run_ = RunReport(target={"name": "t"})
     run_.results = [result]
     assert render_html(run_).count('<img class="plot"') == 1

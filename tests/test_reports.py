@@ -85,10 +85,8 @@ def drive(reporters: list, items: list[CheckResult], run: RunReport | None = Non
 
 
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Never append to a real CI job summary from the tests; fixed width; colour decided per test."""
-    for name in ("GITHUB_ACTIONS", "GITHUB_STEP_SUMMARY", "GITHUB_WORKSPACE", "NO_COLOR"):
-        monkeypatch.delenv(name, raising=False)
+def _clean_env(no_ci_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No CI environment (conftest.py) and a fixed width."""
     monkeypatch.setenv("COLUMNS", "100")
 
 

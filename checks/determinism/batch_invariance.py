@@ -8,7 +8,7 @@ import torch
 
 from torch_diagnose import inputs as inp
 from torch_diagnose.context import Context
-from torch_diagnose.degenerate import order_arbitrary, short
+from torch_diagnose.degenerate import not_localised
 from torch_diagnose.determinism import ROLLED_KEY, SAMPLE_KEY
 from torch_diagnose.determinism.batch import OutputRows, batch_dim, batch_size, concat, rolled, select, spread
 from torch_diagnose.determinism.configs import explain_error
@@ -141,9 +141,9 @@ def _result(ctx: Context, b: _Batch, rows: list[Row], details: dict[str, Any]) -
     if worst.comp is not None:
         metrics.update(worst.comp.metrics())
     culprit, hint = None, "outputs differ between a sample alone and its row of the batch"
-    arbitrary = order_arbitrary(ctx)
-    if arbitrary:  # the verdict becomes "not judged reliably" (degenerate.mark): no minutes spent localising a tie
-        details["localisation"] = f"not localised: the order of {short(arbitrary)} is arbitrary"
+    skipped = not_localised(ctx)
+    if skipped:
+        details["localisation"] = skipped
     else:
         culprit, hint, extra = _localise(ctx, b, rows, rel_for(worst, b.reference))
         details.update(extra)

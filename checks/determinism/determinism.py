@@ -8,7 +8,7 @@ import torch
 
 from torch_diagnose.compare import compare
 from torch_diagnose.context import Context
-from torch_diagnose.degenerate import RAISED, order_arbitrary, short
+from torch_diagnose.degenerate import RAISED, not_localised
 from torch_diagnose.determinism import REPEAT_KEY
 from torch_diagnose.determinism.batch import sample_zero
 from torch_diagnose.determinism.branching import localise_config
@@ -273,9 +273,9 @@ def _outside_result(ctx: Context, outside: list[Row], probe_inputs: Any, metrics
     if worst.comp is not None:
         metrics.update(worst.comp.metrics())
     culprit, hint = None, f"outputs differ in `{worst.comparison}` beyond the calibrated tolerance"
-    arbitrary = order_arbitrary(ctx)
-    if arbitrary:  # the verdict becomes "not judged reliably" (degenerate.mark): no minutes spent localising a tie
-        details["localisation"] = f"not localised: the order of {short(arbitrary)} is arbitrary"
+    skipped = not_localised(ctx)
+    if skipped:
+        details["localisation"] = skipped
     elif worst.configs is not None:
         culprit, hint, extra = localise_config(ctx, worst.configs[0], worst.configs[1], worst, probe_inputs)
         details.update(extra)

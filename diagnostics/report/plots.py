@@ -5,8 +5,8 @@ A check describes a plot as data, never draws it: `details["plot"]` is one dict 
 `x` and `xlabel` are the categories (or x values), `series` and `ylabel` the values, for every kind
 (a barh draws the categories down the y axis and the values along x). `"always": true` draws it
 for a passing check too (otherwise plots are drawn for warn, fail and error only). A barh may carry
-`"status": ["ok"|"mismatch"|"raised", ...]` and `"messages"` per category (a sweep: values of raised cases
-are None); an export sweep plot is completed from `details["cases"]` when it lacks them (`with_sweep_cases`).
+`"status": ["ok"|"mismatch"|"raised", ...]` and `"messages"` per category (an export sweep records every case
+this way: values of raised cases are None, exact matches 0; `SweepOutcome.plot`).
 That keeps checks free of matplotlib and keeps the JSON report the complete record.
 
 matplotlib is imported in plot_draw.py only, lazily, and through its object API (Figure + Agg canvas, no
@@ -50,23 +50,6 @@ def render_plot(spec: dict[str, Any]) -> str:
     return draw(spec)
 
 
-def with_sweep_cases(spec: dict[str, Any], details: dict[str, Any] | None) -> dict[str, Any]:
-    """An export sweep plot redrawn from every case in `details["cases"]`, the ones that raised and the
-    exact matches included (the plot a check recorded may list only the cases with a nonzero difference)."""
-    cases = (details or {}).get("cases")
-    if spec.get("kind") != "barh" or "status" in spec or not isinstance(cases, list):
-        return spec
-    rows = [c for c in cases if isinstance(c, dict) and "case" in c and "status" in c]
-    series = spec.get("series")
-    if not rows or not isinstance(series, dict) or len(series) != 1:
-        return spec
-    if not {str(v) for v in spec.get("x") or []} <= {str(c["case"]) for c in rows}:
-        return spec
-    values = [None if c["status"] == "raised" else c.get("max_abs") for c in rows]
-    return {**spec, "x": [c["case"] for c in rows], "series": {next(iter(series)): values},
-            "status": [str(c["status"]) for c in rows], "messages": [str(c.get("message") or "") for c in rows]}
-
-
 def drawn_for(result: "CheckResult", spec: dict[str, Any]) -> bool:
     """Plots are evidence: drawn for checks that warn, fail or error, and for passing ones only when
     the plot says `"always": true` (informative plots: latency, memory vs batch size). Drawing every
@@ -81,7 +64,7 @@ def render_result_plots(result: "CheckResult") -> list[tuple[str, str | None, st
     for i, spec in enumerate(specs[:MAX_PLOTS_PER_CHECK]):
         title = plot_title(spec, f"plot {i + 1}")
         try:
-            out.append((title, render_plot(with_sweep_cases(spec, result.details)), None))
+            out.append((title, render_plot(spec), None))
         except ImportError:
             out.append((title, None, "plot skipped: matplotlib is not installed"))
         except Exception as exc:  # a bad plot description must never cost the report

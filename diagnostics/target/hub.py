@@ -169,13 +169,12 @@ def from_hf(spec: str) -> Target:
     folder = _local_folder(where, spec)
     with quiet_loading(transformers):
         config = _load_config(transformers, folder, spec)
+        model_class, arch = _model_class(transformers, config)
     notes = []
     if getattr(config, "use_cache", False):
         config.use_cache = False  # cache objects in outputs cannot be compared or exported (FIELD-NOTES)
         notes.append("hf: use_cache=False (key/value cache objects left out of the outputs)")
     has_weights = any(os.path.isfile(os.path.join(folder, f)) for f in WEIGHT_FILES)
-    with quiet_loading(transformers):
-        model_class, arch = _model_class(transformers, config)
 
     def build() -> Any:
         import torch
